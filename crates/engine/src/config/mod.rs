@@ -1,0 +1,784 @@
+//! The validated configuration model: [`ProxyOptions`] and [`Route`].
+//!
+//! Input is the JSON the JavaScript facade produces from the user's `ISmartProxyOptions`
+//! (functions replaced by `{"$fn": id}` markers, RegExps by `{"$regex": source, "flags": f}`).
+//! [`parse_options`] and [`parse_routes`] turn it into typed values or a [`ConfigError`] that names
+//! the route (name, else index) and the field path. Options of the upstream API that this engine
+//! does not implement yet are refused with `not supported yet: …`, never silently ignored.
+//! Keys upstream never knew are ignored, as upstream's JavaScript ignored them.
+
+mod reader;
+
+use crate::detect::TlsVersion;
+use crate::error::ConfigError;
+use crate::matching::{DomainPattern, HeaderMatcher, IpPattern, PathPattern, PortRange};
+use reader::{each, join, opt, At, ReadResult};
+use serde_json::Value;
+use std::time::Duration;
+
+impl From<String> for ConfigError {
+    fn from(s: String) -> Self {
+        ConfigError::Invalid(s)
+    }
+}
+
+type CResult<T> = Result<T, ConfigError>;
+
+/// Largest timer value upstream allows (2^31-1 ms, Node's `setTimeout` limit); larger values are clamped.
+pub const MAX_TIMER_MS: u64 = 2_147_483_647;
+
+/// How connections with keep-alive are timed out (spec §7.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAliveTreatment {
+    /// Normal inactivity timeout and lifetime.
+    Standard,
+    /// Inactivity timeout × `keep_alive_inactivity_multiplier`, lifetime `extended_keep_alive_lifetime`.
+    Extended,
+    /// No inactivity timeout and no lifetime cap.
+    Immortal,
+}
+
+/// A fallback target (`defaults.target`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Engine-wide options with upstream's defaults (spec §2). All durations are milliseconds in JSON.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Backend connect timeout. Default 30 s.
+    pub connection_timeout: Duration,
+    /// Wait for the first client bytes when a port needs them for routing. Default 60 s.
+    pub initial_data_timeout: Duration,
+    /// Idle timeout of connections without keep-alive treatment. Default 1 h.
+    pub socket_timeout: Duration,
+    /// Accepted for compatibility: this engine times every connection exactly, with no sweep.
+    pub inactivity_check_interval: Duration,
+    /// Hard cap on connection age. Default 24 h.
+    pub max_connection_lifetime: Duration,
+    /// Close after this long without bytes in either direction. Default 4 h.
+    pub inactivity_timeout: Duration,
+    /// How long `stop()` lets connections finish before closing them hard. Default 30 s.
+    pub graceful_shutdown_timeout: Duration,
+    pub disable_inactivity_check: bool,
+    /// ±5 % jitter on inactivity and lifetime timers.
+    pub enable_randomized_timeouts: bool,
+    /// TCP_NODELAY on both sockets. Default true.
+    pub no_delay: bool,
+    /// SO_KEEPALIVE on both sockets; such connections get the keep-alive treatment. Default true.
+    pub keep_alive: bool,
+    pub keep_alive_initial_delay: Duration,
+    pub enable_keep_alive_probes: bool,
+    /// Upper bound on bytes buffered before the backend connects. This engine peeks instead of
+    /// reading before the backend is connected, so it never buffers any; kept for `settings`.
+    pub max_pending_data_size: u64,
+    pub keep_alive_treatment: KeepAliveTreatment,
+    pub keep_alive_inactivity_multiplier: f64,
+    pub extended_keep_alive_lifetime: Duration,
+    /// When false, a ClientHello without SNI that tries session resumption gets an alert.
+    pub allow_session_ticket: bool,
+    /// Concurrent connections per client IP; `None` disables the limit. Default 100.
+    pub max_connections_per_ip: Option<u32>,
+    /// New connections per client IP per sliding minute; `None` disables. Default 300.
+    pub connection_rate_limit_per_minute: Option<u32>,
+    pub default_target: Option<HostPort>,
+    pub default_security: RouteSecurity,
+    /// Keep relaying the other direction after one side half-closes. Default false: when one
+    /// side closes, the other is closed once pending bytes are flushed.
+    pub enable_half_open: bool,
+    pub enable_detailed_logging: bool,
+    /// Worker threads of the proxy runtime; default: available parallelism.
+    pub worker_threads: Option<usize>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            connection_timeout: Duration::from_millis(30_000),
+            initial_data_timeout: Duration::from_millis(60_000),
+            socket_timeout: Duration::from_millis(3_600_000),
+            inactivity_check_interval: Duration::from_millis(60_000),
+            max_connection_lifetime: Duration::from_millis(86_400_000),
+            inactivity_timeout: Duration::from_millis(14_400_000),
+            graceful_shutdown_timeout: Duration::from_millis(30_000),
+            disable_inactivity_check: false,
+            enable_randomized_timeouts: false,
+            no_delay: true,
+            keep_alive: true,
+            keep_alive_initial_delay: Duration::from_millis(10_000),
+            enable_keep_alive_probes: true,
+            max_pending_data_size: 10 * 1024 * 1024,
+            keep_alive_treatment: KeepAliveTreatment::Extended,
+            keep_alive_inactivity_multiplier: 6.0,
+            extended_keep_alive_lifetime: Duration::from_millis(7 * 86_400_000),
+            allow_session_ticket: true,
+            max_connections_per_ip: Some(100),
+            connection_rate_limit_per_minute: Some(300),
+            default_target: None,
+            default_security: RouteSecurity::default(),
+            enable_half_open: false,
+            enable_detailed_logging: false,
+            worker_threads: None,
+        }
+    }
+}
+
+impl ProxyOptions {
+    /// The defaults as the JSON object the facade merges into `settings` (one source of truth).
+    pub fn defaults_json() -> Value {
+        let d = ProxyOptions::default();
+        let ms = |x: Duration| Value::from(x.as_millis() as u64);
+        serde_json::json!({
+            "connectionTimeout": ms(d.connection_timeout),
+            "initialDataTimeout": ms(d.initial_data_timeout),
+            "socketTimeout": ms(d.socket_timeout),
+            "inactivityCheckInterval": ms(d.inactivity_check_interval),
+            "maxConnectionLifetime": ms(d.max_connection_lifetime),
+            "inactivityTimeout": ms(d.inactivity_timeout),
+            "gracefulShutdownTimeout": ms(d.graceful_shutdown_timeout),
+            "disableInactivityCheck": d.disable_inactivity_check,
+            "enableRandomizedTimeouts": d.enable_randomized_timeouts,
+            "noDelay": d.no_delay,
+            "keepAlive": d.keep_alive,
+            "keepAliveInitialDelay": ms(d.keep_alive_initial_delay),
+            "enableKeepAliveProbes": d.enable_keep_alive_probes,
+            "maxPendingDataSize": d.max_pending_data_size,
+            "keepAliveTreatment": "extended",
+            "keepAliveInactivityMultiplier": d.keep_alive_inactivity_multiplier,
+            "extendedKeepAliveLifetime": ms(d.extended_keep_alive_lifetime),
+            "allowSessionTicket": d.allow_session_ticket,
+            "maxConnectionsPerIP": d.max_connections_per_ip,
+            "connectionRateLimitPerMinute": d.connection_rate_limit_per_minute,
+            "enableDetailedLogging": d.enable_detailed_logging,
+            "enableHalfOpen": d.enable_half_open,
+            "httpProxyPort": 8443,
+        })
+    }
+}
+
+/// Route-level (or `defaults.security`) access rules enforced at layer 4.
+#[derive(Debug, Clone, Default)]
+pub struct RouteSecurity {
+    pub ip_allow_list: Vec<IpPattern>,
+    pub ip_block_list: Vec<IpPattern>,
+    /// Concurrent connections on this route.
+    pub max_connections: Option<u32>,
+}
+
+/// TLS handling of a forward route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Route by SNI, relay the encrypted bytes unchanged.
+    Passthrough,
+}
+
+/// `target.port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetPort {
+    Fixed(u16),
+    /// Use the port the connection arrived on.
+    Preserve,
+}
+
+/// A per-target sub-match (`targets[].match`, 20+).
+#[derive(Debug, Clone, Default)]
+pub struct TargetMatch {
+    pub ports: Vec<u16>,
+    pub path: Option<PathPattern>,
+    pub headers: Vec<HeaderMatcher>,
+    /// Upper-cased HTTP methods.
+    pub methods: Vec<String>,
+}
+
+/// One backend destination; several hosts are used round-robin.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub hosts: Vec<String>,
+    pub port: TargetPort,
+    pub priority: f64,
+    pub condition: Option<TargetMatch>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Forward {
+        targets: Vec<Target>,
+        tls: Option<TlsMode>,
+    },
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Position in the configuration (ties in priority keep this order).
+    pub index: usize,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub priority: f64,
+    pub enabled: bool,
+    pub ports: Vec<PortRange>,
+    pub domains: Vec<DomainPattern>,
+    pub client_ip: Vec<IpPattern>,
+    pub path: Option<PathPattern>,
+    pub headers: Vec<HeaderMatcher>,
+    pub tls_versions: Vec<TlsVersion>,
+    pub action: RouteAction,
+    pub security: RouteSecurity,
+}
+
+impl Route {
+    /// `route "name" (index 3)` or `route at index 3`, as used in messages.
+    pub fn label(&self) -> String {
+        route_label(self.name.as_deref(), self.index)
+    }
+}
+
+fn route_label(name: Option<&str>, index: usize) -> String {
+    match name {
+        Some(n) => format!("route {n:?} (index {index})"),
+        None => format!("route at index {index}"),
+    }
+}
+
+/// Top-level options that only pre-v19 configurations used. Upstream's JavaScript ignored them;
+/// so do we, with a warning.
+const LEGACY_OPTIONS: &[&str] = &[
+    "globalPortRanges",
+    "forwardAllGlobalRanges",
+    "networkProxyPort",
+    "domainConfigs",
+    "fromPort",
+    "toPort",
+    "targetIP",
+    "port80HandlerConfig",
+];
+
+fn ms(at: At) -> ReadResult<Duration> {
+    Ok(Duration::from_millis(
+        (at.non_negative()? as u64).min(MAX_TIMER_MS),
+    ))
+}
+
+fn unsupported<T>(what: impl Into<String>) -> CResult<T> {
+    Err(ConfigError::NotSupported(what.into()))
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// Validates the top-level options (everything but `routes`). Returns the options and warnings.
+pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
+    let at = At::new(v, "");
+    at.obj()
+        .map_err(|e| ConfigError::Invalid(format!("options: {e}")))?;
+    let mut o = ProxyOptions::default();
+    let mut warnings = Vec::new();
+    let r = (|| -> CResult<()> {
+        macro_rules! set {
+            ($key:literal, $field:ident, $conv:expr) => {
+                if let Some(x) = opt(at, $key, $conv)? {
+                    o.$field = x;
+                }
+            };
+        }
+        set!("connectionTimeout", connection_timeout, ms);
+        set!("initialDataTimeout", initial_data_timeout, ms);
+        set!("socketTimeout", socket_timeout, ms);
+        set!("inactivityCheckInterval", inactivity_check_interval, ms);
+        set!("maxConnectionLifetime", max_connection_lifetime, ms);
+        set!("inactivityTimeout", inactivity_timeout, ms);
+        set!("gracefulShutdownTimeout", graceful_shutdown_timeout, ms);
+        set!("disableInactivityCheck", disable_inactivity_check, |a| a
+            .bool());
+        set!(
+            "enableRandomizedTimeouts",
+            enable_randomized_timeouts,
+            |a| a.bool()
+        );
+        set!("noDelay", no_delay, |a| a.bool());
+        set!("keepAlive", keep_alive, |a| a.bool());
+        set!("keepAliveInitialDelay", keep_alive_initial_delay, ms);
+        set!("enableKeepAliveProbes", enable_keep_alive_probes, |a| a
+            .bool());
+        set!("maxPendingDataSize", max_pending_data_size, |a| a.uint());
+        set!(
+            "keepAliveInactivityMultiplier",
+            keep_alive_inactivity_multiplier,
+            |a| a.non_negative()
+        );
+        set!(
+            "extendedKeepAliveLifetime",
+            extended_keep_alive_lifetime,
+            ms
+        );
+        set!("allowSessionTicket", allow_session_ticket, |a| a.bool());
+        set!("enableHalfOpen", enable_half_open, |a| a.bool());
+        set!("enableDetailedLogging", enable_detailed_logging, |a| a
+            .bool());
+        if let Some(t) = opt(at, "keepAliveTreatment", |a| match a.str()? {
+            "standard" => Ok(KeepAliveTreatment::Standard),
+            "extended" => Ok(KeepAliveTreatment::Extended),
+            "immortal" => Ok(KeepAliveTreatment::Immortal),
+            _ => a.err("expected 'standard', 'extended' or 'immortal'"),
+        })? {
+            o.keep_alive_treatment = t;
+        }
+        // 0 disables a limit, as upstream's `if (max && count >= max)` does.
+        let limit = |a: At| {
+            a.uint()
+                .map(|n| (n > 0).then(|| n.min(u32::MAX as u64) as u32))
+        };
+        if let Some(x) = opt(at, "maxConnectionsPerIP", limit)? {
+            o.max_connections_per_ip = x;
+        }
+        if let Some(x) = opt(at, "connectionRateLimitPerMinute", limit)? {
+            o.connection_rate_limit_per_minute = x;
+        }
+        if let Some(n) = opt(at, "workerThreads", |a| a.uint())? {
+            o.worker_threads = Some(n.clamp(1, 64) as usize);
+        }
+        if let Some(d) = at.get("defaults") {
+            let d = At::new(d, "defaults");
+            d.obj()?;
+            o.default_target = opt(d, "target", |t| {
+                Ok(HostPort {
+                    host: opt(t, "host", |h| h.str().map(str::to_owned))?
+                        .map_or_else(|| t.err("host is required"), Ok)?,
+                    port: opt(t, "port", |p| p.port())?
+                        .map_or_else(|| t.err("port is required"), Ok)?,
+                })
+            })?;
+            if let Some(s) = d.get("security") {
+                o.default_security = parse_security(At::new(s, "defaults.security"))?;
+            }
+            if truthy(d.get("preserveSourceIP")) {
+                return unsupported("defaults.preserveSourceIP");
+            }
+        }
+        if truthy(at.get("preserveSourceIP")) {
+            return unsupported("preserveSourceIP (transparent source address)");
+        }
+        if truthy(at.get("acceptProxyProtocol")) {
+            return unsupported("PROXY protocol (acceptProxyProtocol)");
+        }
+        if truthy(at.get("proxyIPs")) {
+            return unsupported("PROXY protocol (proxyIPs)");
+        }
+        if truthy(at.get("sendProxyProtocol")) {
+            return unsupported("PROXY protocol (sendProxyProtocol)");
+        }
+        if at.has("certProvisionFunction") {
+            return unsupported("certProvisionFunction");
+        }
+        if let Some(u) = opt(at, "useHttpProxy", |a| each(a, |p| p.port()))? {
+            let _ = u; // Termination is in-process; these ports need no hand-off (README "Compatibility").
+        }
+        opt(at, "httpProxyPort", |a| a.port())?;
+        for key in LEGACY_OPTIONS {
+            if at.has(key) {
+                warnings.push(format!(
+                    "option '{key}' belongs to pre-v19 configurations and is ignored; use routes"
+                ));
+            }
+        }
+        Ok(())
+    })();
+    r.map_err(|e| match e {
+        ConfigError::Invalid(m) => ConfigError::Invalid(format!("options.{m}")),
+        other => other,
+    })?;
+    Ok((o, warnings))
+}
+
+/// Validates an array of routes.
+pub fn parse_routes(v: &Value) -> CResult<Vec<Route>> {
+    let arr = match v {
+        Value::Array(a) => a,
+        _ => {
+            return Err(ConfigError::Invalid(
+                "routes: expected an array of routes".into(),
+            ))
+        }
+    };
+    arr.iter()
+        .enumerate()
+        .map(|(i, r)| parse_route(r, i))
+        .collect()
+}
+
+/// Validates one route; errors are prefixed with the route's label.
+pub fn parse_route(v: &Value, index: usize) -> CResult<Route> {
+    let at = At::new(v, "");
+    let name = at.get("name").and_then(Value::as_str).map(str::to_owned);
+    let label = route_label(name.as_deref(), index);
+    parse_route_inner(at, index, name).map_err(|e| match e {
+        ConfigError::Invalid(m) => ConfigError::Invalid(format!("{label}: {m}")),
+        ConfigError::NotSupported(m) => ConfigError::NotSupported(format!("{m} ({label})")),
+    })
+}
+
+fn parse_route_inner(at: At, index: usize, name: Option<String>) -> CResult<Route> {
+    at.obj()
+        .map_err(|_| ConfigError::Invalid("expected a route object".into()))?;
+    let m = at
+        .get("match")
+        .map_or_else(|| Err(ConfigError::Invalid("match is required".into())), Ok)?;
+    let m = At::new(m, "match");
+    m.obj()?;
+    let a = at.get("action").map_or_else(
+        || Err(ConfigError::Invalid("action is required".into())),
+        Ok,
+    )?;
+    let a = At::new(a, "action");
+    a.obj()?;
+
+    let ports = match m.get("ports") {
+        None => return Err(ConfigError::Invalid("match.ports is required".into())),
+        Some(p) => parse_ports(At::new(p, "match.ports"))?,
+    };
+    let domains = opt(m, "domains", |d| {
+        let list = d.str_or_strs()?;
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| DomainPattern::parse(s).map_err(|e| format!("{}[{i}]: {e}", d.path)))
+            .collect()
+    })?
+    .unwrap_or_default();
+    let client_ip = opt(m, "clientIp", |d| {
+        let list = d.str_or_strs()?;
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| IpPattern::parse(s).map_err(|e| format!("{}[{i}]: {e}", d.path)))
+            .collect()
+    })?
+    .unwrap_or_default();
+    let path = opt(m, "path", |p| {
+        PathPattern::parse(p.str()?).or_else(|e| p.err(e))
+    })?;
+    let headers = opt(m, "headers", parse_header_matchers)?.unwrap_or_default();
+    let tls_versions = opt(m, "tlsVersion", |t| {
+        let list = t.str_or_strs()?;
+        list.iter()
+            .map(|s| {
+                TlsVersion::parse(s).map_or_else(|| t.err(format!("unknown TLS version {s:?}")), Ok)
+            })
+            .collect()
+    })?
+    .unwrap_or_default();
+
+    let security = match at.get("security") {
+        Some(s) => parse_security(At::new(s, "security"))?,
+        None => RouteSecurity::default(),
+    };
+    if truthy(at.get("headers")) {
+        return unsupported("route headers (HTTP header rewriting)");
+    }
+
+    let action = parse_action(a)?;
+    Ok(Route {
+        index,
+        id: opt(at, "id", |x| x.str().map(str::to_owned))?,
+        name,
+        priority: opt(at, "priority", |x| x.num())?.unwrap_or(0.0),
+        enabled: opt(at, "enabled", |x| x.bool())?.unwrap_or(true),
+        ports,
+        domains,
+        client_ip,
+        path,
+        headers,
+        tls_versions,
+        action,
+        security,
+    })
+}
+
+fn parse_ports(at: At) -> CResult<Vec<PortRange>> {
+    if at.is_function() {
+        return unsupported("function-valued match.ports");
+    }
+    let one = |x: At| -> ReadResult<PortRange> {
+        match x.v {
+            Value::Number(_) => Ok(PortRange::single(x.port()?)),
+            Value::Object(_) => {
+                let from = opt(x, "from", |p| p.port())?
+                    .map_or_else(|| x.err("range needs 'from'"), Ok)?;
+                let to =
+                    opt(x, "to", |p| p.port())?.map_or_else(|| x.err("range needs 'to'"), Ok)?;
+                if from > to {
+                    return x.err(format!("range 'from' ({from}) is greater than 'to' ({to})"));
+                }
+                Ok(PortRange { from, to })
+            }
+            _ => x.expected("a port number or a { from, to } range"),
+        }
+    };
+    let list = match at.v {
+        Value::Array(_) => each(at, one)?,
+        _ => vec![one(at)?],
+    };
+    if list.is_empty() {
+        return Err(ConfigError::Invalid(
+            "match.ports: must list at least one port".into(),
+        ));
+    }
+    Ok(list)
+}
+
+fn parse_header_matchers(at: At) -> ReadResult<Vec<HeaderMatcher>> {
+    let obj = at.obj()?;
+    obj.iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            let p = join(at.path, k);
+            let x = At::new(v, &p);
+            match v {
+                Value::String(s) => Ok(HeaderMatcher::exact(k, s)),
+                Value::Object(_) if x.has("$regex") => {
+                    let src = opt(x, "$regex", |s| s.str())?.unwrap_or_default();
+                    let flags = opt(x, "flags", |s| s.str())?.unwrap_or_default();
+                    HeaderMatcher::regex(k, src, flags).or_else(|e| x.err(e))
+                }
+                _ => x.expected("a string or a RegExp"),
+            }
+        })
+        .collect()
+}
+
+fn parse_security(at: At) -> CResult<RouteSecurity> {
+    at.obj()?;
+    let ips = |key: &str| -> ReadResult<Vec<IpPattern>> {
+        Ok(opt(at, key, |d| {
+            let list = d.str_or_strs()?;
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| IpPattern::parse(s).map_err(|e| format!("{}[{i}]: {e}", d.path)))
+                .collect::<ReadResult<Vec<_>>>()
+        })?
+        .unwrap_or_default())
+    };
+    let sec = RouteSecurity {
+        ip_allow_list: ips("ipAllowList")?,
+        ip_block_list: ips("ipBlockList")?,
+        max_connections: opt(at, "maxConnections", |x| x.uint())?
+            .filter(|n| *n > 0)
+            .map(|n| n.min(u32::MAX as u64) as u32),
+    };
+    for (key, what) in [
+        ("authentication", "security.authentication"),
+        ("rateLimit", "security.rateLimit (HTTP rate limiting)"),
+        ("basicAuth", "security.basicAuth"),
+        ("jwtAuth", "security.jwtAuth"),
+    ] {
+        if let Some(v) = at.get(key) {
+            // `{ enabled: false }` asks for nothing.
+            if v.get("enabled").and_then(Value::as_bool) != Some(false) {
+                return unsupported(what);
+            }
+        }
+    }
+    if at.has("allowedIps") || at.has("blockedIps") {
+        return Err(ConfigError::Invalid(format!(
+            "{}: allowedIps/blockedIps were renamed to ipAllowList/ipBlockList",
+            at.path
+        )));
+    }
+    Ok(sec)
+}
+
+fn parse_action(a: At) -> CResult<RouteAction> {
+    let ty = opt(a, "type", |t| t.str())?.map_or_else(
+        || Err(ConfigError::Invalid("action.type is required".into())),
+        Ok,
+    )?;
+    match ty {
+        "forward" => {}
+        "socket-handler" => return unsupported("socket-handler actions"),
+        "redirect" | "block" | "static" => {
+            return Err(ConfigError::Invalid(format!(
+                "action.type: '{ty}' was removed in 19.5; use a 'socket-handler' route with SocketHandlers"
+            )))
+        }
+        other => return Err(ConfigError::Invalid(format!("action.type: unknown action type {other:?}"))),
+    }
+    if let Some(engine) = opt(a, "forwardingEngine", |t| t.str())? {
+        match engine {
+            "node" => {}
+            "nftables" => return unsupported("forwardingEngine 'nftables'"),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "action.forwardingEngine: unknown engine {other:?}"
+                )))
+            }
+        }
+    }
+    if a.has("nftables") {
+        return unsupported("action.nftables");
+    }
+    if truthy(a.get("sendProxyProtocol")) {
+        return unsupported("PROXY protocol (action.sendProxyProtocol)");
+    }
+    check_websocket(a, "action.websocket")?;
+    check_load_balancing(a, "action.loadBalancing")?;
+    if truthy(a.get("advanced"))
+        && a.get("advanced")
+            .and_then(Value::as_object)
+            .is_some_and(|o| !o.is_empty())
+    {
+        return unsupported("action.advanced");
+    }
+    if let Some(o) = a.get("options") {
+        if o.get("backendProtocol").is_some_and(|v| !v.is_null()) {
+            return unsupported("action.options.backendProtocol (HTTP reverse proxy)");
+        }
+    }
+    let tls = match a.get("tls") {
+        None => None,
+        Some(t) => {
+            let t = At::new(t, "action.tls");
+            t.obj()?;
+            match opt(t, "mode", |m| m.str())? {
+                Some("passthrough") => Some(TlsMode::Passthrough),
+                Some(m @ ("terminate" | "terminate-and-reencrypt")) => {
+                    return unsupported(format!("TLS termination (tls.mode '{m}')"))
+                }
+                Some(other) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "action.tls.mode: unknown mode {other:?}"
+                    )))
+                }
+                None => return Err(ConfigError::Invalid("action.tls.mode is required".into())),
+            }
+        }
+    };
+    if a.has("socketHandler") {
+        return Err(ConfigError::Invalid(
+            "action.socketHandler is only valid with type 'socket-handler'".into(),
+        ));
+    }
+    let targets: Vec<Target> = match (a.get("targets"), a.get("target")) {
+        (Some(t), _) => {
+            let at = At::new(t, "action.targets");
+            at.arr()?;
+            let mut out = Vec::new();
+            for (i, v) in at.arr()?.iter().enumerate() {
+                let p = format!("action.targets[{i}]");
+                out.push(parse_target(At::new(v, &p))?);
+            }
+            out
+        }
+        (None, Some(t)) => vec![parse_target(At::new(t, "action.target"))?],
+        (None, None) => Vec::new(),
+    };
+    if targets.is_empty() {
+        return Err(ConfigError::Invalid(
+            "action.targets: a 'forward' action needs at least one target".into(),
+        ));
+    }
+    Ok(RouteAction::Forward { targets, tls })
+}
+
+fn check_websocket(a: At, what: &str) -> CResult<()> {
+    if let Some(w) = a.get("websocket") {
+        if w.get("enabled").and_then(Value::as_bool) != Some(false) {
+            return unsupported(format!("{what} (WebSocket options need the HTTP layer)"));
+        }
+    }
+    Ok(())
+}
+
+fn check_load_balancing(a: At, what: &str) -> CResult<()> {
+    if let Some(lb) = a.get("loadBalancing") {
+        let algo = lb
+            .get("algorithm")
+            .and_then(Value::as_str)
+            .unwrap_or("round-robin");
+        if algo != "round-robin" {
+            return unsupported(format!("{what}.algorithm '{algo}'"));
+        }
+        if lb.get("healthCheck").is_some_and(|v| !v.is_null()) {
+            return unsupported(format!("{what}.healthCheck"));
+        }
+    }
+    Ok(())
+}
+
+fn parse_target(t: At) -> CResult<Target> {
+    t.obj()?;
+    let hosts = match t.get("host") {
+        None => return Err(ConfigError::Invalid(format!("{}.host is required", t.path))),
+        Some(h) => {
+            let p = join(t.path, "host");
+            let h = At::new(h, &p);
+            if h.is_function() {
+                return unsupported("function-valued target host");
+            }
+            let list = h.str_or_strs()?;
+            if list.is_empty() || list.iter().any(|s| s.trim().is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{p}: host must be a non-empty string or array of them"
+                )));
+            }
+            list.iter().map(|s| s.trim().to_owned()).collect()
+        }
+    };
+    let port = match t.get("port") {
+        None => return Err(ConfigError::Invalid(format!("{}.port is required", t.path))),
+        Some(Value::String(s)) if s == "preserve" => TargetPort::Preserve,
+        Some(p) => {
+            let path = join(t.path, "port");
+            let p = At::new(p, &path);
+            if p.is_function() {
+                return unsupported("function-valued target port");
+            }
+            TargetPort::Fixed(p.port()?)
+        }
+    };
+    for key in ["tls", "headers", "advanced"] {
+        if truthy(t.get(key)) {
+            return unsupported(format!("{}.{key} (per-target override)", t.path));
+        }
+    }
+    if truthy(t.get("sendProxyProtocol")) {
+        return unsupported(format!("PROXY protocol ({}.sendProxyProtocol)", t.path));
+    }
+    check_websocket(t, &format!("{}.websocket", t.path))?;
+    check_load_balancing(t, &format!("{}.loadBalancing", t.path))?;
+    let condition = opt(t, "match", |m| -> ReadResult<TargetMatch> {
+        m.obj()?;
+        Ok(TargetMatch {
+            ports: opt(m, "ports", |p| match p.v {
+                Value::Array(_) => each(p, |x| x.port()),
+                _ => Ok(vec![p.port()?]),
+            })?
+            .unwrap_or_default(),
+            path: opt(m, "path", |p| {
+                PathPattern::parse(p.str()?).or_else(|e| p.err(e))
+            })?,
+            headers: opt(m, "headers", parse_header_matchers)?.unwrap_or_default(),
+            methods: opt(m, "method", |x| x.str_or_strs())?
+                .unwrap_or_default()
+                .iter()
+                .map(|s| s.to_ascii_uppercase())
+                .collect(),
+        })
+    })?;
+    if t.get("match").is_some_and(|m| m.get("$fn").is_some()) {
+        return unsupported("function-valued target match");
+    }
+    Ok(Target {
+        hosts,
+        port,
+        priority: opt(t, "priority", |x| x.num())?.unwrap_or(0.0),
+        condition,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+use super::*;
+use serde_json::json;
+
+fn err(v: Value) -> ConfigError {
+    parse_routes(&v).unwrap_err()
+}
+
+fn fwd() -> Value {
+    json!({"type": "forward", "target": {"host": "127.0.0.1", "port": 8080}})
+}
+
+#[test]
+fn errors_name_route_and_field() {
+    let e = err(json!([
+        {"name": "ok", "match": {"ports": 80}, "action": fwd()},
+        {"name": "api", "match": {"ports": [80, {"from": 10, "to": 70000}]}, "action": fwd()}
+    ]));
+    assert_eq!(
+        e,
+        ConfigError::Invalid("route \"api\" (index 1): match.ports[1].to: port must be an integer 1-65535, got 70000".into())
+    );
+    let e = err(
+        json!([{ "match": {"ports": 80}, "action": {"type": "forward", "targets": [{"host": "a", "port": "x"}]}}]),
+    );
+    assert_eq!(
+        e.to_string(),
+        "route at index 0: action.targets[0].port: port must be an integer 1-65535, got \"x\""
+    );
+    let e = err(json!([{ "match": {"ports": 80, "clientIp": ["10.0.0.0/99"]}, "action": fwd()}]));
+    assert!(
+        e.to_string()
+            .starts_with("route at index 0: match.clientIp[0]: invalid IP pattern"),
+        "{e}"
+    );
+    let e = err(json!([{ "name": "x", "match": {}, "action": fwd()}]));
+    assert_eq!(
+        e.to_string(),
+        "route \"x\" (index 0): match.ports is required"
+    );
+    let e = err(json!([{ "name": "x", "match": {"ports": 1}, "action": {"type": "forward"}}]));
+    assert!(e.to_string().contains("at least one target"), "{e}");
+    let e = err(json!([{ "match": {"ports": 1}, "action": {"type": "redirect"}}]));
+    assert!(e.to_string().contains("removed in 19.5"), "{e}");
+}
+
+#[test]
+fn unbuilt_features_fail_loudly() {
+    let cases = [
+        (
+            json!({"type": "socket-handler", "socketHandler": {"$fn": 1}}),
+            "socket-handler",
+        ),
+        (
+            json!({"type": "forward", "target": {"host": {"$fn": 1}, "port": 1}}),
+            "function-valued target host",
+        ),
+        (
+            json!({"type": "forward", "target": {"host": "a", "port": {"$fn": 2}}}),
+            "function-valued target port",
+        ),
+        (
+            json!({"type": "forward", "target": {"host": "a", "port": 1}, "tls": {"mode": "terminate", "certificate": "auto"}}),
+            "TLS termination",
+        ),
+        (
+            json!({"type": "forward", "target": {"host": "a", "port": 1}, "forwardingEngine": "nftables"}),
+            "nftables",
+        ),
+        (
+            json!({"type": "forward", "target": {"host": "a", "port": 1}, "websocket": {"enabled": true}}),
+            "websocket",
+        ),
+        (
+            json!({"type": "forward", "target": {"host": "a", "port": 1}, "loadBalancing": {"algorithm": "ip-hash"}}),
+            "ip-hash",
+        ),
+    ];
+    for (action, what) in cases {
+        let e = err(json!([{ "name": "r", "match": {"ports": 1}, "action": action }]));
+        match &e {
+            ConfigError::NotSupported(m) => {
+                assert!(m.contains(what) && m.contains("route \"r\""), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().starts_with("not supported yet: "));
+    }
+    let e = err(
+        json!([{ "match": {"ports": 1}, "action": fwd(), "security": {"rateLimit": {"enabled": true, "maxRequests": 1, "window": 1}}}]),
+    );
+    assert!(matches!(e, ConfigError::NotSupported(_)));
+    // Explicitly disabled features ask for nothing.
+    parse_routes(&json!([{ "match": {"ports": 1}, "action": fwd(), "security": {"basicAuth": {"enabled": false, "users": []}}}])).unwrap();
+}
+
+#[test]
+fn accepts_upstream_shapes() {
+    let routes = parse_routes(&json!([
+        {"name": "a", "id": "r1", "priority": 5, "tags": ["x"], "description": "d",
+         "match": {"ports": [80, {"from": 8000, "to": 8010}], "domains": "Example.com", "clientIp": ["::ffff:127.0.0.1"], "path": "/x/:id"},
+         "action": {"type": "forward", "targets": [{"host": ["a", "b"], "port": "preserve"}], "tls": {"mode": "passthrough"},
+                    "loadBalancing": {"algorithm": "round-robin"}, "unknownFutureKey": 1},
+         "security": {"ipAllowList": ["127.0.0.1"], "ipBlockList": ["10.0.0.0/8"], "maxConnections": 3}}
+    ]))
+    .unwrap();
+    let r = &routes[0];
+    assert_eq!(r.id.as_deref(), Some("r1"));
+    assert_eq!(r.ports.len(), 2);
+    assert_eq!(r.domains[0].as_str(), "example.com");
+    assert_eq!(r.security.max_connections, Some(3));
+    let RouteAction::Forward { targets, tls } = &r.action;
+    assert_eq!(targets[0].port, TargetPort::Preserve);
+    assert_eq!(*tls, Some(TlsMode::Passthrough));
+}
+
+#[test]
+fn options_defaults_and_errors() {
+    let (o, w) = parse_options(&json!({"routes": [], "connectionTimeout": 5000, "keepAliveTreatment": "immortal",
+        "maxConnectionsPerIP": 0, "defaults": {"target": {"host": "x", "port": 9}}, "domainConfigs": []}))
+    .unwrap();
+    assert_eq!(o.connection_timeout, Duration::from_secs(5));
+    assert_eq!(o.keep_alive_treatment, KeepAliveTreatment::Immortal);
+    assert_eq!(o.max_connections_per_ip, None);
+    assert_eq!(o.connection_rate_limit_per_minute, Some(300));
+    assert_eq!(
+        o.default_target,
+        Some(HostPort {
+            host: "x".into(),
+            port: 9
+        })
+    );
+    assert_eq!(w.len(), 1);
+    let e = parse_options(&json!({"connectionTimeout": "soon"})).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "options.connectionTimeout: expected a number, got \"soon\""
+    );
+    let e = parse_options(&json!({"sendProxyProtocol": true})).unwrap_err();
+    assert!(matches!(e, ConfigError::NotSupported(_)));
+    let e = parse_options(&json!({"defaults": {"target": {"host": "x"}}})).unwrap_err();
+    assert!(e.to_string().contains("defaults.target"), "{e}");
+    let (o, _) = parse_options(&json!({"inactivityTimeout": 1e15})).unwrap();
+    assert_eq!(o.inactivity_timeout, Duration::from_millis(MAX_TIMER_MS));
+}

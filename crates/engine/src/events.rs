@@ -1,0 +1,40 @@
+//! Events the engine reports to its embedder (the napi binding forwards them to JavaScript).
+//! Emitting never blocks the data path: sinks must be cheap and non-blocking.
+
+/// Severity of a log event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Something worth telling the embedder about.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Log { level: LogLevel, message: String },
+}
+
+/// Receiver of engine events. Implementations must not block.
+pub trait EventSink: Send + Sync + 'static {
+    fn emit(&self, event: Event);
+}
+
+/// A sink that drops everything (tests, embedders without logging).
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    fn emit(&self, _event: Event) {}
+}

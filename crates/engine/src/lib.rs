@@ -1,0 +1,21 @@
+//! smartproxy-native engine: everything that moves bytes, with no knowledge of Node.js.
+//!
+//! Data flows one way: [`config::ProxyConfig`] (validated from the JSON the binding hands over)
+//! → [`matching::RouteTable`] (compiled once per update) → the listeners and connection tasks in
+//! [`proxy`], which only ever see compiled matchers. The binding crate (`src/` at the workspace
+//! root) converts types and maps errors; it owns no proxy logic.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod conn;
+pub mod detect;
+pub mod error;
+pub mod events;
+pub mod listener;
+pub mod matching;
+pub mod proxy;
+pub mod tcp;
+
+pub use error::{ConfigError, EngineError};
+pub use events::{Event, EventSink, LogLevel};
+pub use proxy::Proxy;

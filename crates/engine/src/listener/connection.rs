@@ -1,0 +1,385 @@
+//! The life of one accepted connection (spec §6.5, §7.7):
+//! admission (per-IP limits) → detection (peek, only when a route needs it) → route match →
+//! route security (`ipAllowList`/`ipBlockList`, block wins; `maxConnections`) → target selection
+//! → backend connect (`connectionTimeout`) → relay (inactivity / lifetime timers, shutdown).
+//! Every exit path records a [`Termination`] on the connection's guard.
+
+use crate::config::{KeepAliveTreatment, ProxyOptions, RouteSecurity, MAX_TIMER_MS};
+use crate::conn::{ConnGuard, ConnRecord, IpLimits, Registry, Termination};
+use crate::events::{Event, EventSink, LogLevel};
+use crate::matching::{is_authorized, normalize_ip, Early, MatchInput, RouteTable, SelectedTarget};
+use crate::tcp::{self, peek_initial, Initial, PeekError, RelayEnd, SocketOptions};
+use arc_swap::ArcSwap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// State shared by all connections of one running proxy.
+pub struct Shared {
+    pub table: Arc<ArcSwap<RouteTable>>,
+    pub options: Arc<ProxyOptions>,
+    pub registry: Arc<Registry>,
+    pub events: Arc<dyn EventSink>,
+    /// Cancelled by `stop()`: every connection closes.
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl Shared {
+    pub fn log_warn(&self, message: String) {
+        self.events.emit(Event::Log {
+            level: LogLevel::Warn,
+            message,
+        });
+    }
+
+    fn debug(&self, f: impl FnOnce() -> String) {
+        if self.options.enable_detailed_logging {
+            self.events.emit(Event::Log {
+                level: LogLevel::Debug,
+                message: f(),
+            });
+        }
+    }
+}
+
+/// TLS alert descriptions sent when a TLS connection is refused.
+const ALERT_HANDSHAKE_FAILURE: u8 = 40;
+const ALERT_DECODE_ERROR: u8 = 50;
+const ALERT_UNRECOGNIZED_NAME: u8 = 112;
+
+pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Shared>) {
+    let ip = normalize_ip(peer.ip());
+    let o = &sh.options;
+    let limits = IpLimits {
+        max_per_ip: o.max_connections_per_ip,
+        rate_per_minute: o.connection_rate_limit_per_minute,
+    };
+    let mut guard = match sh.registry.open(ip, peer.port(), port, limits) {
+        Ok(g) => g,
+        Err(reason) => {
+            sh.debug(|| {
+                format!(
+                    "refused {ip}:{} on port {port}: {}",
+                    peer.port(),
+                    reason.as_str()
+                )
+            });
+            return;
+        }
+    };
+    let sockopts = SocketOptions {
+        no_delay: o.no_delay,
+        keep_alive: o.keep_alive.then_some(o.keep_alive_initial_delay),
+    };
+    tcp::apply(&stream, sockopts);
+    if o.keep_alive {
+        guard.rec.keep_alive.store(true, Ordering::Relaxed);
+    }
+    let reason = tokio::select! {
+        r = serve(&stream, port, ip, &sh, &mut guard, sockopts) => r,
+        _ = sh.shutdown.cancelled() => Termination::Shutdown,
+    };
+    guard.end(reason);
+    sh.debug(|| {
+        let r = &guard.rec;
+        format!(
+            "connection {} from {ip}:{} on port {port} via {} to {:?} closed: {} (in {} B, out {} B, {} ms)",
+            r.id,
+            r.client_port,
+            r.route_name().unwrap_or("-"),
+            r.target(),
+            reason.as_str(),
+            r.bytes_in.load(Ordering::Relaxed),
+            r.bytes_out.load(Ordering::Relaxed),
+            r.started.elapsed().as_millis()
+        )
+    });
+}
+
+async fn serve(
+    client: &TcpStream,
+    port: u16,
+    ip: IpAddr,
+    sh: &Shared,
+    guard: &mut ConnGuard,
+    sockopts: SocketOptions,
+) -> Termination {
+    let table = sh.table.load_full();
+    let o = &sh.options;
+    let mut input = MatchInput {
+        port,
+        client_ip: ip,
+        domain: None,
+        http: None,
+        tls_version: None,
+    };
+    let initial;
+    let mut is_tls = false;
+    let idx = match table.early(port, ip) {
+        Early::Route(i) => Some(i),
+        Early::NoMatch => None,
+        Early::NeedData => {
+            let deadline = Instant::now() + o.initial_data_timeout;
+            initial = match peek_initial(client, deadline).await {
+                Ok(i) => i,
+                Err(PeekError::Timeout) => return Termination::InitialDataTimeout,
+                Err(PeekError::Closed) => return Termination::ClientClosedEarly,
+                Err(PeekError::MalformedTls) => {
+                    send_alert(client, ALERT_DECODE_ERROR).await;
+                    return Termination::TlsError;
+                }
+            };
+            match &initial {
+                Initial::Tls(h) => {
+                    is_tls = true;
+                    if !o.allow_session_ticket && h.sni.is_none() && h.resumption {
+                        send_alert(client, ALERT_HANDSHAKE_FAILURE).await;
+                        return Termination::SessionTicketRejected;
+                    }
+                    input.domain = h.sni.as_deref();
+                    input.tls_version = h.version;
+                }
+                Initial::Http(h) => {
+                    input.domain = h.host.as_deref();
+                    input.http = Some(h);
+                }
+                Initial::Other => {}
+            }
+            table.find(&input)
+        }
+    };
+    let mut keep_alive =
+        guard.rec.keep_alive.load(Ordering::Relaxed) || input.http.is_some_and(|h| h.keep_alive);
+
+    let target = match idx {
+        Some(i) => {
+            let route = table.route(i);
+            is_tls |= route.tls_mode().is_some();
+            guard.rec.is_tls.store(is_tls, Ordering::Relaxed);
+            if !check_security(&route.route.security, ip) {
+                return Termination::IpBlocked;
+            }
+            if let Err(t) = guard.set_route(route) {
+                return t;
+            }
+            match table.select_target(i, &input) {
+                Some(t) => t,
+                None => return refuse_no_route(client, is_tls, input.domain.is_some()).await,
+            }
+        }
+        None => match &o.default_target {
+            Some(d) => {
+                guard.rec.is_tls.store(is_tls, Ordering::Relaxed);
+                if !check_security(&o.default_security, ip) {
+                    return Termination::IpBlocked;
+                }
+                SelectedTarget {
+                    host: d.host.clone(),
+                    port: d.port,
+                }
+            }
+            None => return refuse_no_route(client, is_tls, input.domain.is_some()).await,
+        },
+    };
+    guard.rec.set_target(target.host.clone(), target.port);
+    keep_alive |= o.keep_alive;
+    guard.rec.keep_alive.store(keep_alive, Ordering::Relaxed);
+
+    let backend = match tokio::time::timeout(
+        o.connection_timeout,
+        TcpStream::connect((target.host.as_str(), target.port)),
+    )
+    .await
+    {
+        Err(_) => return Termination::ConnectTimeout,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Termination::ConnectRefused
+        }
+        Ok(Err(e)) => {
+            sh.debug(|| format!("connect to {}:{} failed: {e}", target.host, target.port));
+            return Termination::ConnectFailed;
+        }
+        Ok(Ok(s)) => s,
+    };
+    tcp::apply(&backend, sockopts);
+    let (idle, lifetime) = effective_timeouts(o, keep_alive, guard.rec.id);
+    relay_timed(
+        client,
+        &backend,
+        &guard.rec,
+        idle,
+        lifetime,
+        o.enable_half_open,
+    )
+    .await
+}
+
+fn check_security(sec: &RouteSecurity, ip: IpAddr) -> bool {
+    is_authorized(ip, &sec.ip_allow_list, &sec.ip_block_list)
+}
+
+async fn refuse_no_route(client: &TcpStream, is_tls: bool, had_sni: bool) -> Termination {
+    if is_tls {
+        send_alert(
+            client,
+            if had_sni {
+                ALERT_UNRECOGNIZED_NAME
+            } else {
+                ALERT_HANDSHAKE_FAILURE
+            },
+        )
+        .await;
+    }
+    Termination::NoRoute
+}
+
+/// Consumes what the client sent so far, answers with a fatal TLS alert and sends FIN, so the
+/// client reads the alert instead of a reset.
+async fn send_alert(client: &TcpStream, description: u8) {
+    let mut scratch = [0u8; 4096];
+    while let Ok(n) = client.try_read(&mut scratch) {
+        if n == 0 {
+            break;
+        }
+    }
+    let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = client.writable().await;
+        let _ = client.try_write(&alert);
+    })
+    .await;
+    tcp::shutdown_write(client);
+}
+
+/// Idle and lifetime limits for a connection (spec §7.6). `None` means no limit. Zero disables
+/// a limit too. With `enableRandomizedTimeouts`, ±5 % jitter (derived from the connection id).
+pub fn effective_timeouts(
+    o: &ProxyOptions,
+    keep_alive: bool,
+    id: u64,
+) -> (Option<Duration>, Option<Duration>) {
+    let (idle, life) = match (keep_alive, o.keep_alive_treatment) {
+        (true, KeepAliveTreatment::Immortal) => (None, None),
+        (true, KeepAliveTreatment::Extended) => (
+            Some(
+                o.inactivity_timeout
+                    .mul_f64(o.keep_alive_inactivity_multiplier.max(1.0)),
+            ),
+            Some(o.extended_keep_alive_lifetime),
+        ),
+        (true, KeepAliveTreatment::Standard) => {
+            (Some(o.inactivity_timeout), Some(o.max_connection_lifetime))
+        }
+        (false, _) => (
+            Some(o.inactivity_timeout.min(o.socket_timeout)),
+            Some(o.max_connection_lifetime),
+        ),
+    };
+    let idle = if o.disable_inactivity_check {
+        None
+    } else {
+        idle
+    };
+    let adjust = |d: Option<Duration>, salt: u64| {
+        d.filter(|d| !d.is_zero()).map(|d| {
+            let d = if o.enable_randomized_timeouts {
+                // Spread in [-5 %, +5 %] from a cheap hash of the id, deterministic per connection.
+                let h = id.wrapping_add(salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+                let frac = (h % 10_001) as f64 / 10_000.0; // 0..=1
+                d.mul_f64(0.95 + 0.10 * frac)
+            } else {
+                d
+            };
+            d.min(Duration::from_millis(MAX_TIMER_MS))
+        })
+    };
+    (adjust(idle, 1), adjust(life, 2))
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The relay under the idle and lifetime timers. The idle timer is lazy: it fires at
+/// `last activity + idle` as last known, then re-arms from the record instead of being reset on
+/// every byte.
+async fn relay_timed(
+    client: &TcpStream,
+    backend: &TcpStream,
+    rec: &ConnRecord,
+    idle: Option<Duration>,
+    lifetime: Option<Duration>,
+    half_open: bool,
+) -> Termination {
+    let relay = tcp::relay(client, backend, rec, half_open);
+    tokio::pin!(relay);
+    let started = Instant::from_std(rec.started);
+    let life_at = lifetime.map(|l| started + l);
+    let mut idle_at = idle.map(|d| Instant::now() + d);
+    loop {
+        tokio::select! {
+            end = &mut relay => return match end {
+                RelayEnd::ClientClosed => Termination::ClientClosed,
+                RelayEnd::BackendClosed => Termination::BackendClosed,
+                RelayEnd::ClientError => Termination::ClientError,
+                RelayEnd::BackendError => Termination::BackendError,
+            },
+            _ = sleep_opt(life_at) => return Termination::MaxLifetime,
+            _ = sleep_opt(idle_at) => {
+                let d = idle.unwrap_or_default();
+                let next = Instant::from_std(rec.last_activity()) + d;
+                if next <= Instant::now() {
+                    return Termination::InactivityTimeout;
+                }
+                idle_at = Some(next);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_by_treatment() {
+        let mut o = ProxyOptions::default();
+        let h = Duration::from_secs(3600);
+        assert_eq!(
+            effective_timeouts(&o, false, 1),
+            (Some(h), Some(Duration::from_secs(86_400)))
+        );
+        assert_eq!(
+            effective_timeouts(&o, true, 1),
+            (Some(4 * h * 6), Some(Duration::from_secs(7 * 86_400)))
+        );
+        o.keep_alive_treatment = KeepAliveTreatment::Immortal;
+        assert_eq!(effective_timeouts(&o, true, 1), (None, None));
+        o.keep_alive_treatment = KeepAliveTreatment::Standard;
+        assert_eq!(
+            effective_timeouts(&o, true, 1),
+            (Some(4 * h), Some(Duration::from_secs(86_400)))
+        );
+        o.disable_inactivity_check = true;
+        assert_eq!(effective_timeouts(&o, true, 1).0, None);
+        o.disable_inactivity_check = false;
+        o.enable_randomized_timeouts = true;
+        for id in 0..200 {
+            let (i, _) = effective_timeouts(&o, true, id);
+            let i = i.unwrap().as_secs_f64();
+            assert!(
+                (4.0 * 3600.0 * 0.95..=4.0 * 3600.0 * 1.05).contains(&i),
+                "{i}"
+            );
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Listening sockets and accept loops. One accept loop per bound port; each accepted connection
+//! becomes a task tracked for graceful shutdown. Port reference counting lives in [`crate::proxy`].
+
+mod connection;
+
+pub use connection::{effective_timeouts, Shared};
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Pending-connection queue per listener (the kernel caps it at `somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// Binds `port` on all interfaces: dual-stack `[::]` where IPv6 exists (as Node's
+/// `server.listen(port)` does), else `0.0.0.0`. Must run inside the proxy runtime's context.
+pub fn bind(port: u16) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let v6 = (|| -> io::Result<Socket> {
+        let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+        s.set_only_v6(false)?;
+        Ok(s)
+    })();
+    let (sock, addr) = match v6 {
+        Ok(s) => (s, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))),
+        Err(_) => (
+            Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?,
+            SocketAddr::from(([0, 0, 0, 0], port)),
+        ),
+    };
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// Accepts on `listener` until `stop` fires; each connection is handled on its own task.
+pub async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let sh = shared.clone();
+                    shared.tracker.spawn(connection::handle(stream, peer, port, sh));
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: back off instead of spinning; other errors
+                    // (a client that reset while queued) concern one connection only.
+                    // ENOMEM 12, ENFILE 23, EMFILE 24, ENOBUFS 105.
+                    if matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105)) {
+                        shared.log_warn(format!("accept on port {port} failed: {e}; retrying in 100 ms"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+}

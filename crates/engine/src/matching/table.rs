@@ -1,0 +1,391 @@
+//! The compiled route table: routes sorted by priority (highest first, ties in configuration
+//! order, spec §6.1), indexed by listening port. Built once per `updateRoutes` and shared as an
+//! immutable snapshot; the per-connection path only reads it (plus two relaxed atomics: the
+//! round-robin cursor and the route's active-connection count).
+
+use super::{ports_contain, HeaderMatcher};
+use crate::config::{Route, RouteAction, Target, TargetPort, TlsMode};
+use crate::detect::{HttpHead, TlsVersion};
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A route plus its per-snapshot runtime state.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub route: Route,
+    /// Matching needs the first bytes (domains, path, headers or TLS version are set).
+    pub needs_data: bool,
+    /// Targets sorted by priority, highest first.
+    targets: Vec<Target>,
+    /// Round-robin cursor per target (same order as `targets`).
+    cursors: Vec<AtomicUsize>,
+    /// Connections currently open on this route (for `security.maxConnections` and metrics).
+    pub active: AtomicU32,
+}
+
+impl CompiledRoute {
+    fn new(route: Route) -> Self {
+        let needs_data = !route.domains.is_empty()
+            || route.path.is_some()
+            || !route.headers.is_empty()
+            || !route.tls_versions.is_empty();
+        let RouteAction::Forward { targets, .. } = &route.action;
+        let mut targets = targets.clone();
+        // Stable sort: equal priorities keep configuration order.
+        targets.sort_by(|a, b| b.priority.total_cmp(&a.priority));
+        let cursors = targets.iter().map(|_| AtomicUsize::new(0)).collect();
+        CompiledRoute {
+            route,
+            needs_data,
+            targets,
+            cursors,
+            active: AtomicU32::new(0),
+        }
+    }
+
+    /// The route's name, or `route-<index>` for unnamed routes (metrics and logs key).
+    pub fn display_name(&self) -> String {
+        self.route
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("route-{}", self.route.index))
+    }
+
+    pub fn tls_mode(&self) -> Option<TlsMode> {
+        let RouteAction::Forward { tls, .. } = &self.route.action;
+        *tls
+    }
+}
+
+/// What the table can decide from the port and client IP alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Early {
+    /// This route matches whatever the client sends (index into the table).
+    Route(usize),
+    /// A route that inspects the first bytes comes first: peek before deciding.
+    NeedData,
+    /// No route on this port can match this client.
+    NoMatch,
+}
+
+/// Everything known about a connection when matching.
+#[derive(Debug, Clone, Copy)]
+pub struct MatchInput<'a> {
+    pub port: u16,
+    pub client_ip: IpAddr,
+    /// SNI for TLS, the Host header (without port) for HTTP; normalised.
+    pub domain: Option<&'a str>,
+    pub http: Option<&'a HttpHead>,
+    pub tls_version: Option<TlsVersion>,
+}
+
+/// A chosen backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelectedTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+/// The immutable routing snapshot.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<CompiledRoute>>,
+    by_port: HashMap<u16, Vec<usize>>,
+}
+
+impl RouteTable {
+    /// Compiles validated routes. Disabled routes are left out.
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut routes: Vec<Route> = routes.into_iter().filter(|r| r.enabled).collect();
+        routes.sort_by(|a, b| {
+            b.priority
+                .total_cmp(&a.priority)
+                .then(a.index.cmp(&b.index))
+        });
+        let routes: Vec<Arc<CompiledRoute>> = routes
+            .into_iter()
+            .map(|r| Arc::new(CompiledRoute::new(r)))
+            .collect();
+        let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            let mut seen = BTreeSet::new();
+            for range in &r.route.ports {
+                for p in range.iter() {
+                    if seen.insert(p) {
+                        by_port.entry(p).or_default().push(i);
+                    }
+                }
+            }
+        }
+        RouteTable { routes, by_port }
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn route(&self, idx: usize) -> &Arc<CompiledRoute> {
+        &self.routes[idx]
+    }
+
+    pub fn routes(&self) -> &[Arc<CompiledRoute>] {
+        &self.routes
+    }
+
+    /// Ports the routes listen on, with how many routes use each.
+    pub fn port_counts(&self) -> HashMap<u16, usize> {
+        self.by_port.iter().map(|(p, v)| (*p, v.len())).collect()
+    }
+
+    fn candidates(&self, port: u16) -> &[usize] {
+        self.by_port.get(&port).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether any route on `port` is a TLS passthrough route (used to answer failures with an alert).
+    pub fn port_has_tls(&self, port: u16) -> bool {
+        self.candidates(port)
+            .iter()
+            .any(|&i| self.routes[i].tls_mode().is_some())
+    }
+
+    /// Decides from port and client IP alone, if possible.
+    pub fn early(&self, port: u16, ip: IpAddr) -> Early {
+        for &i in self.candidates(port) {
+            let r = &self.routes[i];
+            if r.needs_data {
+                return Early::NeedData;
+            }
+            if ip_ok(&r.route.client_ip, ip) {
+                return Early::Route(i);
+            }
+        }
+        Early::NoMatch
+    }
+
+    /// Full match: the first route (in priority order) whose every criterion holds.
+    pub fn find(&self, input: &MatchInput) -> Option<usize> {
+        self.candidates(input.port)
+            .iter()
+            .copied()
+            .find(|&i| route_matches(&self.routes[i].route, input))
+    }
+
+    /// Chooses the backend of a route for this connection (spec §3.4): the first target, by
+    /// priority, whose `match` holds; else the first target without `match`. Hosts rotate.
+    pub fn select_target(&self, idx: usize, input: &MatchInput) -> Option<SelectedTarget> {
+        let r = &self.routes[idx];
+        let pick = r
+            .targets
+            .iter()
+            .position(|t| {
+                t.condition
+                    .as_ref()
+                    .is_some_and(|c| target_condition_holds(c, input))
+            })
+            .or_else(|| r.targets.iter().position(|t| t.condition.is_none()))?;
+        let t = &r.targets[pick];
+        let host = if t.hosts.len() == 1 {
+            t.hosts[0].clone()
+        } else {
+            let n = r.cursors[pick].fetch_add(1, Ordering::Relaxed);
+            t.hosts[n % t.hosts.len()].clone()
+        };
+        let port = match t.port {
+            TargetPort::Fixed(p) => p,
+            TargetPort::Preserve => input.port,
+        };
+        Some(SelectedTarget { host, port })
+    }
+}
+
+fn ip_ok(patterns: &[super::IpPattern], ip: IpAddr) -> bool {
+    patterns.is_empty() || patterns.iter().any(|p| p.matches(ip))
+}
+
+fn headers_ok(matchers: &[HeaderMatcher], http: Option<&HttpHead>) -> bool {
+    if matchers.is_empty() {
+        return true;
+    }
+    let Some(h) = http else { return false };
+    matchers.iter().all(|m| m.matches(|n| h.header(n)))
+}
+
+fn route_matches(r: &Route, input: &MatchInput) -> bool {
+    if !ports_contain(&r.ports, input.port) || !ip_ok(&r.client_ip, input.client_ip) {
+        return false;
+    }
+    if !r.domains.is_empty() {
+        // A route with domains never matches a connection without one (spec §6.2).
+        match input.domain {
+            Some(d) if r.domains.iter().any(|p| p.matches(d)) => {}
+            _ => return false,
+        }
+    }
+    if let Some(p) = &r.path {
+        match input.http {
+            Some(h) if p.matches(&h.path) => {}
+            _ => return false,
+        }
+    }
+    if !r.tls_versions.is_empty() {
+        match input.tls_version {
+            Some(v) if r.tls_versions.contains(&v) => {}
+            _ => return false,
+        }
+    }
+    headers_ok(&r.headers, input.http)
+}
+
+fn target_condition_holds(c: &crate::config::TargetMatch, input: &MatchInput) -> bool {
+    if !c.ports.is_empty() && !c.ports.contains(&input.port) {
+        return false;
+    }
+    if let Some(p) = &c.path {
+        if !input.http.is_some_and(|h| p.matches(&h.path)) {
+            return false;
+        }
+    }
+    if !c.methods.is_empty()
+        && !input
+            .http
+            .is_some_and(|h| c.methods.iter().any(|m| *m == h.method))
+    {
+        return false;
+    }
+    headers_ok(&c.headers, input.http)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_routes;
+    use crate::detect::parse_http_head;
+    use serde_json::json;
+
+    fn table(v: serde_json::Value) -> RouteTable {
+        RouteTable::new(parse_routes(&v).unwrap())
+    }
+
+    fn input<'a>(port: u16, domain: Option<&'a str>, http: Option<&'a HttpHead>) -> MatchInput<'a> {
+        MatchInput {
+            port,
+            client_ip: "10.0.0.1".parse().unwrap(),
+            domain,
+            http,
+            tls_version: None,
+        }
+    }
+
+    fn name(t: &RouteTable, i: Option<usize>) -> Option<String> {
+        i.map(|i| t.route(i).display_name())
+    }
+
+    #[test]
+    fn priority_then_order() {
+        let t = table(json!([
+            {"name": "low", "match": {"ports": 80}, "action": {"type": "forward", "target": {"host": "a", "port": 1}}},
+            {"name": "high", "priority": 10, "match": {"ports": [80, 81]}, "action": {"type": "forward", "target": {"host": "b", "port": 1}}},
+            {"name": "tie", "priority": 10, "match": {"ports": 80}, "action": {"type": "forward", "target": {"host": "c", "port": 1}}},
+            {"name": "off", "enabled": false, "priority": 99, "match": {"ports": 80}, "action": {"type": "forward", "target": {"host": "d", "port": 1}}},
+        ]));
+        assert_eq!(
+            name(&t, t.find(&input(80, None, None))).as_deref(),
+            Some("high")
+        );
+        assert_eq!(t.early(80, "1.2.3.4".parse().unwrap()), Early::Route(0));
+        assert_eq!(t.early(82, "1.2.3.4".parse().unwrap()), Early::NoMatch);
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn domains_paths_headers() {
+        let t = table(json!([
+            {"name": "api", "match": {"ports": 80, "domains": "example.com", "path": "/api/*"}, "action": {"type": "forward", "target": {"host": "api", "port": 1}}},
+            {"name": "beta", "match": {"ports": 80, "domains": ["example.com"], "headers": {"x-beta": {"$regex": "^(1|yes)$", "flags": "i"}}}, "action": {"type": "forward", "target": {"host": "beta", "port": 1}}},
+            {"name": "wild", "match": {"ports": 80, "domains": "*.example.com"}, "action": {"type": "forward", "target": {"host": "w", "port": 1}}},
+            {"name": "any", "match": {"ports": 80}, "action": {"type": "forward", "target": {"host": "any", "port": 1}}},
+        ]));
+        assert_eq!(t.early(80, "1.1.1.1".parse().unwrap()), Early::NeedData);
+        let api = parse_http_head(b"GET /api/x HTTP/1.1\r\nHost: example.com\r\n\r\n").unwrap();
+        let beta =
+            parse_http_head(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Beta: YES\r\n\r\n").unwrap();
+        let plain = parse_http_head(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n").unwrap();
+        assert_eq!(
+            name(&t, t.find(&input(80, Some("example.com"), Some(&api)))).as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            name(&t, t.find(&input(80, Some("example.com"), Some(&beta)))).as_deref(),
+            Some("beta")
+        );
+        assert_eq!(
+            name(&t, t.find(&input(80, Some("example.com"), Some(&plain)))).as_deref(),
+            Some("any")
+        );
+        assert_eq!(
+            name(&t, t.find(&input(80, Some("a.example.com"), None))).as_deref(),
+            Some("wild")
+        );
+        assert_eq!(
+            name(&t, t.find(&input(80, None, None))).as_deref(),
+            Some("any")
+        );
+    }
+
+    #[test]
+    fn client_ip_and_tls_version() {
+        let t = table(json!([
+            {"name": "lan", "match": {"ports": 443, "clientIp": ["192.168.*.*"], "tlsVersion": ["TLSv1.3"]}, "action": {"type": "forward", "target": {"host": "x", "port": 1}}},
+        ]));
+        let mut i = input(443, None, None);
+        i.client_ip = "192.168.1.1".parse().unwrap();
+        assert_eq!(t.find(&i), None);
+        i.tls_version = Some(TlsVersion::Tls13);
+        assert_eq!(t.find(&i), Some(0));
+        i.client_ip = "10.1.1.1".parse().unwrap();
+        assert_eq!(t.find(&i), None);
+    }
+
+    #[test]
+    fn targets_round_robin_preserve_and_match() {
+        let t = table(json!([
+            {"match": {"ports": [{"from": 9000, "to": 9002}]}, "action": {"type": "forward", "targets": [
+                {"host": ["h1", "h2", "h3"], "port": "preserve"},
+                {"host": "posts", "port": 7, "priority": 5, "match": {"path": "/posts/*", "method": ["get"]}},
+                {"host": "ported", "port": 8, "match": {"ports": [9002]}}
+            ]}},
+        ]));
+        let i = input(9001, None, None);
+        let hosts: Vec<String> = (0..4)
+            .map(|_| t.select_target(0, &i).unwrap().host)
+            .collect();
+        assert_eq!(hosts, ["h1", "h2", "h3", "h1"]);
+        assert_eq!(t.select_target(0, &i).unwrap().port, 9001);
+        let get = parse_http_head(b"GET /posts/1 HTTP/1.1\r\n\r\n").unwrap();
+        let post = parse_http_head(b"POST /posts/1 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(
+            t.select_target(0, &input(9001, None, Some(&get))).unwrap(),
+            SelectedTarget {
+                host: "posts".into(),
+                port: 7
+            }
+        );
+        assert_ne!(
+            t.select_target(0, &input(9001, None, Some(&post)))
+                .unwrap()
+                .host,
+            "posts"
+        );
+        assert_eq!(
+            t.select_target(0, &input(9002, None, None)).unwrap().host,
+            "ported"
+        );
+        assert_eq!(t.port_counts().len(), 3);
+    }
+}

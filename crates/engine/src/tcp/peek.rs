@@ -1,0 +1,119 @@
+//! Looking at a connection's first bytes without consuming them (MSG_PEEK), so the backend (or,
+//! later, a JavaScript socket handler) still receives every byte.
+//!
+//! Waiting for *more* bytes after a peek needs care: readiness stays set while data is queued,
+//! so the peek runs inside `try_io`, which clears readiness only if no new readiness event arrived
+//! since it was sampled. Then `ready()` sleeps until the next edge (new data or FIN) instead of
+//! spinning. The peek goes through a duplicate of the socket's descriptor (std's safe `peek`);
+//! the duplicate shares the open file description and is closed when detection ends.
+
+use crate::detect::{
+    parse_client_hello, parse_http_head, sniff, ClientHello, DetectError, HttpHead, Sniff,
+};
+use std::io;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Initial peek buffer; grown up to [`MAX_PEEK`] when a ClientHello or request head is longer.
+const FIRST_PEEK: usize = 4096;
+/// Upper bound of bytes examined: a maximal ClientHello in records, or a maximal request head.
+pub const MAX_PEEK: usize = crate::detect::tls_max_wire();
+
+/// What the first bytes turned out to be.
+#[derive(Debug)]
+pub enum Initial {
+    Tls(ClientHello),
+    Http(HttpHead),
+    /// Neither TLS nor HTTP (or an HTTP head that does not parse): routed without domain.
+    Other,
+}
+
+/// Why detection gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeekError {
+    Timeout,
+    /// The client closed (or reset) before sending enough to decide.
+    Closed,
+    /// A TLS ClientHello that does not parse, or exceeds the bound.
+    MalformedTls,
+}
+
+/// Peeks until the first bytes identify the connection, or `deadline` passes.
+pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initial, PeekError> {
+    let dup: std::net::TcpStream = socket2::SockRef::from(stream)
+        .try_clone()
+        .map_err(|_| PeekError::Closed)?
+        .into();
+    let mut buf = vec![0u8; FIRST_PEEK];
+    let mut have = 0usize;
+    loop {
+        let ready = tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
+            .await
+            .map_err(|_| PeekError::Timeout)?
+            .map_err(|_| PeekError::Closed)?;
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let n = dup.peek(&mut buf)?;
+            if n == have && n > 0 && n < buf.len() {
+                // Nothing new yet: let readiness be cleared and wait for the next edge.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match peeked {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if ready.is_read_closed() {
+                    // FIN after a partial message: no more bytes will come.
+                    return finish_partial(&buf[..have]);
+                }
+                continue;
+            }
+            Err(_) => return Err(PeekError::Closed),
+        };
+        if n == 0 {
+            return Err(PeekError::Closed);
+        }
+        have = n;
+        match classify(&buf[..have]) {
+            Some(result) => return result,
+            None if have == buf.len() => {
+                if buf.len() >= MAX_PEEK {
+                    return finish_partial(&buf[..have]);
+                }
+                buf.resize((buf.len() * 2).min(MAX_PEEK), 0);
+            }
+            None => {}
+        }
+    }
+}
+
+/// `Some(result)` when the bytes decide, `None` when more are needed.
+fn classify(b: &[u8]) -> Option<Result<Initial, PeekError>> {
+    match sniff(b) {
+        Sniff::Unknown => None,
+        Sniff::Other => Some(Ok(Initial::Other)),
+        Sniff::Tls => match parse_client_hello(b) {
+            Ok(h) => Some(Ok(Initial::Tls(h))),
+            Err(DetectError::Incomplete) => None,
+            Err(DetectError::NotThisProtocol) => Some(Ok(Initial::Other)),
+            Err(DetectError::Malformed(_)) => Some(Err(PeekError::MalformedTls)),
+        },
+        Sniff::Http => match parse_http_head(b) {
+            Ok(h) => Some(Ok(Initial::Http(h))),
+            Err(DetectError::Incomplete) => None,
+            Err(_) => Some(Ok(Initial::Other)),
+        },
+    }
+}
+
+/// Decides on what arrived when no more will: an incomplete ClientHello is malformed, anything
+/// else is routed as opaque data.
+fn finish_partial(b: &[u8]) -> Result<Initial, PeekError> {
+    match classify(b) {
+        Some(r) => r,
+        None if sniff(b) == Sniff::Tls => Err(PeekError::MalformedTls),
+        None if b.is_empty() => Err(PeekError::Closed),
+        None => Ok(Initial::Other),
+    }
+}
