@@ -127,8 +127,7 @@ impl ConnRecord {
     /// Notes activity now (called on every successful read; one relaxed store).
     #[inline]
     pub fn touch(&self) {
-        self.last_activity_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_activity_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     pub fn last_activity(&self) -> Instant {
@@ -213,11 +212,7 @@ impl Registry {
                 return Err(Termination::IpConnectionLimit);
             }
             if let Some(rate) = limits.rate_per_minute {
-                while st
-                    .recent
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
-                {
+                while st.recent.front().is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW) {
                     st.recent.pop_front();
                 }
                 if st.recent.len() >= rate as usize {
@@ -249,11 +244,7 @@ impl Registry {
             target: OnceLock::new(),
         });
         self.conns.insert(id, rec.clone());
-        Ok(ConnGuard {
-            registry: self.clone(),
-            rec,
-            reason: None,
-        })
+        Ok(ConnGuard { registry: self.clone(), rec, reason: None })
     }
 
     fn record(&self, t: Termination) {
@@ -275,11 +266,7 @@ impl Registry {
     pub fn prune_ips(&self) {
         let now = Instant::now();
         self.per_ip.retain(|_, st| {
-            while st
-                .recent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
-            {
+            while st.recent.front().is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW) {
                 st.recent.pop_front();
             }
             st.active > 0 || !st.recent.is_empty()
@@ -292,10 +279,7 @@ impl Registry {
     }
 
     pub fn stats(&self) -> Stats {
-        let mut s = Stats {
-            total: self.total(),
-            ..Default::default()
-        };
+        let mut s = Stats { total: self.total(), ..Default::default() };
         let mut by_route: std::collections::HashMap<String, u64> = Default::default();
         let mut by_ip: std::collections::HashMap<IpAddr, u64> = Default::default();
         s.bytes_in = self.bytes_in_closed.load(Ordering::Relaxed);
@@ -341,13 +325,7 @@ impl ConnGuard {
     pub fn set_route(&mut self, route: &Arc<CompiledRoute>) -> Result<(), Termination> {
         if let Some(max) = route.route.security.max_connections {
             // fetch_update so that two racing connections cannot both take the last slot.
-            if route
-                .active
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < max).then_some(n + 1)
-                })
-                .is_err()
-            {
+            if route.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
                 return Err(Termination::RouteConnectionLimit);
             }
         } else {
@@ -368,12 +346,8 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         let r = &self.registry;
         r.record(self.reason.unwrap_or(Termination::ClientClosed));
-        r.bytes_in_closed
-            .fetch_add(self.rec.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);
-        r.bytes_out_closed.fetch_add(
-            self.rec.bytes_out.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        r.bytes_in_closed.fetch_add(self.rec.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);
+        r.bytes_out_closed.fetch_add(self.rec.bytes_out.load(Ordering::Relaxed), Ordering::Relaxed);
         if let Some(route) = self.rec.route.get() {
             route.active.fetch_sub(1, Ordering::AcqRel);
         }
@@ -381,9 +355,7 @@ impl Drop for ConnGuard {
             st.active = st.active.saturating_sub(1);
         }
         // Without a rate window the entry can go as soon as its last connection does.
-        r.per_ip.remove_if(&self.rec.client_ip, |_, st| {
-            st.active == 0 && st.recent.is_empty()
-        });
+        r.per_ip.remove_if(&self.rec.client_ip, |_, st| st.active == 0 && st.recent.is_empty());
         r.conns.remove(&self.rec.id);
     }
 }
@@ -396,24 +368,15 @@ mod tests {
     fn limits_and_accounting() {
         let reg = Arc::new(Registry::default());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let lim = IpLimits {
-            max_per_ip: Some(2),
-            rate_per_minute: Some(3),
-        };
+        let lim = IpLimits { max_per_ip: Some(2), rate_per_minute: Some(3) };
         let a = reg.open(ip, 1, 80, lim).unwrap();
         let b = reg.open(ip, 2, 80, lim).unwrap();
-        assert_eq!(
-            reg.open(ip, 3, 80, lim).unwrap_err(),
-            Termination::IpConnectionLimit
-        );
+        assert_eq!(reg.open(ip, 3, 80, lim).unwrap_err(), Termination::IpConnectionLimit);
         assert_eq!(reg.active(), 2);
         drop(a);
         let c = reg.open(ip, 4, 80, lim).unwrap();
         drop(b);
-        assert_eq!(
-            reg.open(ip, 5, 80, lim).unwrap_err(),
-            Termination::RateLimited
-        );
+        assert_eq!(reg.open(ip, 5, 80, lim).unwrap_err(), Termination::RateLimited);
         drop(c);
         assert_eq!(reg.active(), 0);
         assert_eq!(reg.total(), 5);

@@ -100,11 +100,7 @@ impl Proxy {
         if let Some(n) = options.worker_threads {
             b.worker_threads(n);
         }
-        let rt = b
-            .thread_name("smartproxy-rt")
-            .enable_all()
-            .build()
-            .map_err(EngineError::Runtime)?;
+        let rt = b.thread_name("smartproxy-rt").enable_all().build().map_err(EngineError::Runtime)?;
         let table = Arc::new(RouteTable::new(routes));
         let shared = Arc::new(Shared {
             table: self.table.clone(),
@@ -114,11 +110,7 @@ impl Proxy {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
-        let mut run = Running {
-            rt: Some(rt),
-            shared,
-            ports: BTreeMap::new(),
-        };
+        let mut run = Running { rt: Some(rt), shared, ports: BTreeMap::new() };
         let wanted = table.port_counts();
         if let Err(e) = self.apply_ports(&mut run, &table, wanted) {
             Self::shutdown_runtime(run).await;
@@ -143,24 +135,12 @@ impl Proxy {
 
     /// Binds ports newly wanted, swaps in `table`, then closes ports no longer wanted.
     /// `route_counts` gives, per port, how many routes use it. On a bind failure nothing changes.
-    fn apply_ports(
-        &self,
-        run: &mut Running,
-        table: &Arc<RouteTable>,
-        route_counts: HashMap<u16, usize>,
-    ) -> Result<()> {
-        let rt = run
-            .rt
-            .as_ref()
-            .ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
+    fn apply_ports(&self, run: &mut Running, table: &Arc<RouteTable>, route_counts: HashMap<u16, usize>) -> Result<()> {
+        let rt = run.rt.as_ref().ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
         let mut fresh = Vec::new();
         {
             let _ctx = rt.enter();
-            let mut to_bind: Vec<u16> = route_counts
-                .keys()
-                .copied()
-                .filter(|p| !run.ports.contains_key(p))
-                .collect();
+            let mut to_bind: Vec<u16> = route_counts.keys().copied().filter(|p| !run.ports.contains_key(p)).collect();
             to_bind.sort_unstable();
             for port in to_bind {
                 match listener::bind(port) {
@@ -173,20 +153,8 @@ impl Proxy {
         self.table.store(table.clone());
         for (port, l) in fresh {
             let stop = CancellationToken::new();
-            rt.spawn(listener::accept_loop(
-                l,
-                port,
-                run.shared.clone(),
-                stop.clone(),
-            ));
-            run.ports.insert(
-                port,
-                PortEntry {
-                    routes: 0,
-                    manual: 0,
-                    stop,
-                },
-            );
+            rt.spawn(listener::accept_loop(l, port, run.shared.clone(), stop.clone()));
+            run.ports.insert(port, PortEntry { routes: 0, manual: 0, stop });
         }
         for (port, e) in run.ports.iter_mut() {
             e.routes = route_counts.get(port).copied().unwrap_or(0);
@@ -206,8 +174,7 @@ impl Proxy {
                 false
             }
         });
-        *self.port_view.lock().unwrap_or_else(|p| p.into_inner()) =
-            run.ports.keys().copied().collect();
+        *self.port_view.lock().unwrap_or_else(|p| p.into_inner()) = run.ports.keys().copied().collect();
     }
 
     /// Replaces the route table. Before `start()`, only validates (the caller keeps the routes).
@@ -231,29 +198,14 @@ impl Proxy {
             e.manual += 1;
             return Ok(());
         }
-        let rt = run
-            .rt
-            .as_ref()
-            .ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
+        let rt = run.rt.as_ref().ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
         let l = {
             let _ctx = rt.enter();
             listener::bind(port).map_err(|source| EngineError::Bind { port, source })?
         };
         let stop = CancellationToken::new();
-        rt.spawn(listener::accept_loop(
-            l,
-            port,
-            run.shared.clone(),
-            stop.clone(),
-        ));
-        run.ports.insert(
-            port,
-            PortEntry {
-                routes: 0,
-                manual: 1,
-                stop,
-            },
-        );
+        rt.spawn(listener::accept_loop(l, port, run.shared.clone(), stop.clone()));
+        run.ports.insert(port, PortEntry { routes: 0, manual: 1, stop });
         self.close_unwanted(run);
         Ok(())
     }
@@ -271,10 +223,7 @@ impl Proxy {
     }
 
     pub fn listening_ports(&self) -> Vec<u16> {
-        self.port_view
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.port_view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn is_running(&self) -> bool {
@@ -303,16 +252,10 @@ impl Proxy {
         run.shared.shutdown.cancel();
         run.shared.tracker.close();
         let grace = run.shared.options.graceful_shutdown_timeout;
-        if tokio::time::timeout(grace, run.shared.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, run.shared.tracker.wait()).await.is_err() {
             self.log(
                 LogLevel::Warn,
-                format!(
-                    "{} connections did not close within gracefulShutdownTimeout",
-                    run.shared.tracker.len()
-                ),
+                format!("{} connections did not close within gracefulShutdownTimeout", run.shared.tracker.len()),
             );
         }
         Self::shutdown_runtime(run).await;
@@ -323,12 +266,10 @@ impl Proxy {
     async fn shutdown_runtime(mut run: Running) {
         let Some(rt) = run.rt.take() else { return };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("smartproxy-stop".into())
-            .spawn(move || {
-                rt.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
-                let _ = tx.send(());
-            });
+        let spawned = std::thread::Builder::new().name("smartproxy-stop".into()).spawn(move || {
+            rt.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+            let _ = tx.send(());
+        });
         if spawned.is_ok() {
             let _ = rx.await;
         }

@@ -203,10 +203,7 @@ pub struct Target {
 
 #[derive(Debug, Clone)]
 pub enum RouteAction {
-    Forward {
-        targets: Vec<Target>,
-        tls: Option<TlsMode>,
-    },
+    Forward { targets: Vec<Target>, tls: Option<TlsMode> },
 }
 
 /// A validated route.
@@ -256,9 +253,7 @@ const LEGACY_OPTIONS: &[&str] = &[
 ];
 
 fn ms(at: At) -> ReadResult<Duration> {
-    Ok(Duration::from_millis(
-        (at.non_negative()? as u64).min(MAX_TIMER_MS),
-    ))
+    Ok(Duration::from_millis((at.non_negative()? as u64).min(MAX_TIMER_MS)))
 }
 
 fn unsupported<T>(what: impl Into<String>) -> CResult<T> {
@@ -276,8 +271,7 @@ fn truthy(v: Option<&Value>) -> bool {
 /// Validates the top-level options (everything but `routes`). Returns the options and warnings.
 pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
     let at = At::new(v, "");
-    at.obj()
-        .map_err(|e| ConfigError::Invalid(format!("options: {e}")))?;
+    at.obj().map_err(|e| ConfigError::Invalid(format!("options: {e}")))?;
     let mut o = ProxyOptions::default();
     let mut warnings = Vec::new();
     let r = (|| -> CResult<()> {
@@ -295,33 +289,18 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
         set!("maxConnectionLifetime", max_connection_lifetime, ms);
         set!("inactivityTimeout", inactivity_timeout, ms);
         set!("gracefulShutdownTimeout", graceful_shutdown_timeout, ms);
-        set!("disableInactivityCheck", disable_inactivity_check, |a| a
-            .bool());
-        set!(
-            "enableRandomizedTimeouts",
-            enable_randomized_timeouts,
-            |a| a.bool()
-        );
+        set!("disableInactivityCheck", disable_inactivity_check, |a| a.bool());
+        set!("enableRandomizedTimeouts", enable_randomized_timeouts, |a| a.bool());
         set!("noDelay", no_delay, |a| a.bool());
         set!("keepAlive", keep_alive, |a| a.bool());
         set!("keepAliveInitialDelay", keep_alive_initial_delay, ms);
-        set!("enableKeepAliveProbes", enable_keep_alive_probes, |a| a
-            .bool());
+        set!("enableKeepAliveProbes", enable_keep_alive_probes, |a| a.bool());
         set!("maxPendingDataSize", max_pending_data_size, |a| a.uint());
-        set!(
-            "keepAliveInactivityMultiplier",
-            keep_alive_inactivity_multiplier,
-            |a| a.non_negative()
-        );
-        set!(
-            "extendedKeepAliveLifetime",
-            extended_keep_alive_lifetime,
-            ms
-        );
+        set!("keepAliveInactivityMultiplier", keep_alive_inactivity_multiplier, |a| a.non_negative());
+        set!("extendedKeepAliveLifetime", extended_keep_alive_lifetime, ms);
         set!("allowSessionTicket", allow_session_ticket, |a| a.bool());
         set!("enableHalfOpen", enable_half_open, |a| a.bool());
-        set!("enableDetailedLogging", enable_detailed_logging, |a| a
-            .bool());
+        set!("enableDetailedLogging", enable_detailed_logging, |a| a.bool());
         if let Some(t) = opt(at, "keepAliveTreatment", |a| match a.str()? {
             "standard" => Ok(KeepAliveTreatment::Standard),
             "extended" => Ok(KeepAliveTreatment::Extended),
@@ -331,10 +310,7 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
             o.keep_alive_treatment = t;
         }
         // 0 disables a limit, as upstream's `if (max && count >= max)` does.
-        let limit = |a: At| {
-            a.uint()
-                .map(|n| (n > 0).then(|| n.min(u32::MAX as u64) as u32))
-        };
+        let limit = |a: At| a.uint().map(|n| (n > 0).then(|| n.min(u32::MAX as u64) as u32));
         if let Some(x) = opt(at, "maxConnectionsPerIP", limit)? {
             o.max_connections_per_ip = x;
         }
@@ -351,8 +327,7 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
                 Ok(HostPort {
                     host: opt(t, "host", |h| h.str().map(str::to_owned))?
                         .map_or_else(|| t.err("host is required"), Ok)?,
-                    port: opt(t, "port", |p| p.port())?
-                        .map_or_else(|| t.err("port is required"), Ok)?,
+                    port: opt(t, "port", |p| p.port())?.map_or_else(|| t.err("port is required"), Ok)?,
                 })
             })?;
             if let Some(s) = d.get("security") {
@@ -383,9 +358,7 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
         opt(at, "httpProxyPort", |a| a.port())?;
         for key in LEGACY_OPTIONS {
             if at.has(key) {
-                warnings.push(format!(
-                    "option '{key}' belongs to pre-v19 configurations and is ignored; use routes"
-                ));
+                warnings.push(format!("option '{key}' belongs to pre-v19 configurations and is ignored; use routes"));
             }
         }
         Ok(())
@@ -401,16 +374,9 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
 pub fn parse_routes(v: &Value) -> CResult<Vec<Route>> {
     let arr = match v {
         Value::Array(a) => a,
-        _ => {
-            return Err(ConfigError::Invalid(
-                "routes: expected an array of routes".into(),
-            ))
-        }
+        _ => return Err(ConfigError::Invalid("routes: expected an array of routes".into())),
     };
-    arr.iter()
-        .enumerate()
-        .map(|(i, r)| parse_route(r, i))
-        .collect()
+    arr.iter().enumerate().map(|(i, r)| parse_route(r, i)).collect()
 }
 
 /// Validates one route; errors are prefixed with the route's label.
@@ -425,17 +391,11 @@ pub fn parse_route(v: &Value, index: usize) -> CResult<Route> {
 }
 
 fn parse_route_inner(at: At, index: usize, name: Option<String>) -> CResult<Route> {
-    at.obj()
-        .map_err(|_| ConfigError::Invalid("expected a route object".into()))?;
-    let m = at
-        .get("match")
-        .map_or_else(|| Err(ConfigError::Invalid("match is required".into())), Ok)?;
+    at.obj().map_err(|_| ConfigError::Invalid("expected a route object".into()))?;
+    let m = at.get("match").map_or_else(|| Err(ConfigError::Invalid("match is required".into())), Ok)?;
     let m = At::new(m, "match");
     m.obj()?;
-    let a = at.get("action").map_or_else(
-        || Err(ConfigError::Invalid("action is required".into())),
-        Ok,
-    )?;
+    let a = at.get("action").map_or_else(|| Err(ConfigError::Invalid("action is required".into())), Ok)?;
     let a = At::new(a, "action");
     a.obj()?;
 
@@ -453,22 +413,15 @@ fn parse_route_inner(at: At, index: usize, name: Option<String>) -> CResult<Rout
     .unwrap_or_default();
     let client_ip = opt(m, "clientIp", |d| {
         let list = d.str_or_strs()?;
-        list.iter()
-            .enumerate()
-            .map(|(i, s)| IpPattern::parse(s).map_err(|e| format!("{}[{i}]: {e}", d.path)))
-            .collect()
+        list.iter().enumerate().map(|(i, s)| IpPattern::parse(s).map_err(|e| format!("{}[{i}]: {e}", d.path))).collect()
     })?
     .unwrap_or_default();
-    let path = opt(m, "path", |p| {
-        PathPattern::parse(p.str()?).or_else(|e| p.err(e))
-    })?;
+    let path = opt(m, "path", |p| PathPattern::parse(p.str()?).or_else(|e| p.err(e)))?;
     let headers = opt(m, "headers", parse_header_matchers)?.unwrap_or_default();
     let tls_versions = opt(m, "tlsVersion", |t| {
         let list = t.str_or_strs()?;
         list.iter()
-            .map(|s| {
-                TlsVersion::parse(s).map_or_else(|| t.err(format!("unknown TLS version {s:?}")), Ok)
-            })
+            .map(|s| TlsVersion::parse(s).map_or_else(|| t.err(format!("unknown TLS version {s:?}")), Ok))
             .collect()
     })?
     .unwrap_or_default();
@@ -507,10 +460,8 @@ fn parse_ports(at: At) -> CResult<Vec<PortRange>> {
         match x.v {
             Value::Number(_) => Ok(PortRange::single(x.port()?)),
             Value::Object(_) => {
-                let from = opt(x, "from", |p| p.port())?
-                    .map_or_else(|| x.err("range needs 'from'"), Ok)?;
-                let to =
-                    opt(x, "to", |p| p.port())?.map_or_else(|| x.err("range needs 'to'"), Ok)?;
+                let from = opt(x, "from", |p| p.port())?.map_or_else(|| x.err("range needs 'from'"), Ok)?;
+                let to = opt(x, "to", |p| p.port())?.map_or_else(|| x.err("range needs 'to'"), Ok)?;
                 if from > to {
                     return x.err(format!("range 'from' ({from}) is greater than 'to' ({to})"));
                 }
@@ -524,9 +475,7 @@ fn parse_ports(at: At) -> CResult<Vec<PortRange>> {
         _ => vec![one(at)?],
     };
     if list.is_empty() {
-        return Err(ConfigError::Invalid(
-            "match.ports: must list at least one port".into(),
-        ));
+        return Err(ConfigError::Invalid("match.ports: must list at least one port".into()));
     }
     Ok(list)
 }
@@ -593,10 +542,8 @@ fn parse_security(at: At) -> CResult<RouteSecurity> {
 }
 
 fn parse_action(a: At) -> CResult<RouteAction> {
-    let ty = opt(a, "type", |t| t.str())?.map_or_else(
-        || Err(ConfigError::Invalid("action.type is required".into())),
-        Ok,
-    )?;
+    let ty =
+        opt(a, "type", |t| t.str())?.map_or_else(|| Err(ConfigError::Invalid("action.type is required".into())), Ok)?;
     match ty {
         "forward" => {}
         "socket-handler" => return unsupported("socket-handler actions"),
@@ -611,11 +558,7 @@ fn parse_action(a: At) -> CResult<RouteAction> {
         match engine {
             "node" => {}
             "nftables" => return unsupported("forwardingEngine 'nftables'"),
-            other => {
-                return Err(ConfigError::Invalid(format!(
-                    "action.forwardingEngine: unknown engine {other:?}"
-                )))
-            }
+            other => return Err(ConfigError::Invalid(format!("action.forwardingEngine: unknown engine {other:?}"))),
         }
     }
     if a.has("nftables") {
@@ -626,11 +569,7 @@ fn parse_action(a: At) -> CResult<RouteAction> {
     }
     check_websocket(a, "action.websocket")?;
     check_load_balancing(a, "action.loadBalancing")?;
-    if truthy(a.get("advanced"))
-        && a.get("advanced")
-            .and_then(Value::as_object)
-            .is_some_and(|o| !o.is_empty())
-    {
+    if truthy(a.get("advanced")) && a.get("advanced").and_then(Value::as_object).is_some_and(|o| !o.is_empty()) {
         return unsupported("action.advanced");
     }
     if let Some(o) = a.get("options") {
@@ -648,19 +587,13 @@ fn parse_action(a: At) -> CResult<RouteAction> {
                 Some(m @ ("terminate" | "terminate-and-reencrypt")) => {
                     return unsupported(format!("TLS termination (tls.mode '{m}')"))
                 }
-                Some(other) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "action.tls.mode: unknown mode {other:?}"
-                    )))
-                }
+                Some(other) => return Err(ConfigError::Invalid(format!("action.tls.mode: unknown mode {other:?}"))),
                 None => return Err(ConfigError::Invalid("action.tls.mode is required".into())),
             }
         }
     };
     if a.has("socketHandler") {
-        return Err(ConfigError::Invalid(
-            "action.socketHandler is only valid with type 'socket-handler'".into(),
-        ));
+        return Err(ConfigError::Invalid("action.socketHandler is only valid with type 'socket-handler'".into()));
     }
     let targets: Vec<Target> = match (a.get("targets"), a.get("target")) {
         (Some(t), _) => {
@@ -677,9 +610,7 @@ fn parse_action(a: At) -> CResult<RouteAction> {
         (None, None) => Vec::new(),
     };
     if targets.is_empty() {
-        return Err(ConfigError::Invalid(
-            "action.targets: a 'forward' action needs at least one target".into(),
-        ));
+        return Err(ConfigError::Invalid("action.targets: a 'forward' action needs at least one target".into()));
     }
     Ok(RouteAction::Forward { targets, tls })
 }
@@ -695,10 +626,7 @@ fn check_websocket(a: At, what: &str) -> CResult<()> {
 
 fn check_load_balancing(a: At, what: &str) -> CResult<()> {
     if let Some(lb) = a.get("loadBalancing") {
-        let algo = lb
-            .get("algorithm")
-            .and_then(Value::as_str)
-            .unwrap_or("round-robin");
+        let algo = lb.get("algorithm").and_then(Value::as_str).unwrap_or("round-robin");
         if algo != "round-robin" {
             return unsupported(format!("{what}.algorithm '{algo}'"));
         }
@@ -721,9 +649,7 @@ fn parse_target(t: At) -> CResult<Target> {
             }
             let list = h.str_or_strs()?;
             if list.is_empty() || list.iter().any(|s| s.trim().is_empty()) {
-                return Err(ConfigError::Invalid(format!(
-                    "{p}: host must be a non-empty string or array of them"
-                )));
+                return Err(ConfigError::Invalid(format!("{p}: host must be a non-empty string or array of them")));
             }
             list.iter().map(|s| s.trim().to_owned()).collect()
         }
@@ -758,9 +684,7 @@ fn parse_target(t: At) -> CResult<Target> {
                 _ => Ok(vec![p.port()?]),
             })?
             .unwrap_or_default(),
-            path: opt(m, "path", |p| {
-                PathPattern::parse(p.str()?).or_else(|e| p.err(e))
-            })?,
+            path: opt(m, "path", |p| PathPattern::parse(p.str()?).or_else(|e| p.err(e)))?,
             headers: opt(m, "headers", parse_header_matchers)?.unwrap_or_default(),
             methods: opt(m, "method", |x| x.str_or_strs())?
                 .unwrap_or_default()
@@ -772,12 +696,7 @@ fn parse_target(t: At) -> CResult<Target> {
     if t.get("match").is_some_and(|m| m.get("$fn").is_some()) {
         return unsupported("function-valued target match");
     }
-    Ok(Target {
-        hosts,
-        port,
-        priority: opt(t, "priority", |x| x.num())?.unwrap_or(0.0),
-        condition,
-    })
+    Ok(Target { hosts, port, priority: opt(t, "priority", |x| x.num())?.unwrap_or(0.0), condition })
 }
 
 #[cfg(test)]

@@ -38,14 +38,7 @@ impl<'v, 'p> At<'v, 'p> {
     }
 
     pub fn err<T>(&self, msg: impl std::fmt::Display) -> ReadResult<T> {
-        Err(format!(
-            "{}: {msg}",
-            if self.path.is_empty() {
-                "(root)"
-            } else {
-                self.path
-            }
-        ))
+        Err(format!("{}: {msg}", if self.path.is_empty() { "(root)" } else { self.path }))
     }
 
     pub fn expected<T>(&self, what: &str) -> ReadResult<T> {
@@ -72,15 +65,11 @@ impl<'v, 'p> At<'v, 'p> {
     }
 
     pub fn str(&self) -> ReadResult<&'v str> {
-        self.v
-            .as_str()
-            .map_or_else(|| self.expected("a string"), Ok)
+        self.v.as_str().map_or_else(|| self.expected("a string"), Ok)
     }
 
     pub fn bool(&self) -> ReadResult<bool> {
-        self.v
-            .as_bool()
-            .map_or_else(|| self.expected("a boolean"), Ok)
+        self.v.as_bool().map_or_else(|| self.expected("a boolean"), Ok)
     }
 
     pub fn num(&self) -> ReadResult<f64> {
@@ -109,10 +98,7 @@ impl<'v, 'p> At<'v, 'p> {
     pub fn port(&self) -> ReadResult<u16> {
         match self.v.as_f64() {
             Some(n) if n.fract() == 0.0 && (1.0..=65535.0).contains(&n) => Ok(n as u16),
-            _ => self.err(format!(
-                "port must be an integer 1-65535, got {}",
-                short(self.v)
-            )),
+            _ => self.err(format!("port must be an integer 1-65535, got {}", short(self.v))),
         }
     }
 
@@ -131,16 +117,8 @@ impl<'v, 'p> At<'v, 'p> {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    v.as_str().map_or_else(
-                        || {
-                            Err(format!(
-                                "{}[{i}]: expected a string, got {}",
-                                self.path,
-                                short(v)
-                            ))
-                        },
-                        Ok,
-                    )
+                    v.as_str()
+                        .map_or_else(|| Err(format!("{}[{i}]: expected a string, got {}", self.path, short(v))), Ok)
                 })
                 .collect(),
             _ => self.expected("a string or an array of strings"),
@@ -169,10 +147,7 @@ pub fn opt<'v, T>(
 }
 
 /// Calls `f` for each element of the array `at`, with indexed paths.
-pub fn each<'v, T>(
-    at: At<'v, '_>,
-    mut f: impl for<'p> FnMut(At<'v, 'p>) -> ReadResult<T>,
-) -> ReadResult<Vec<T>> {
+pub fn each<'v, T>(at: At<'v, '_>, mut f: impl for<'p> FnMut(At<'v, 'p>) -> ReadResult<T>) -> ReadResult<Vec<T>> {
     at.arr()?
         .iter()
         .enumerate()

@@ -17,26 +17,17 @@ fn errors_name_route_and_field() {
     ]));
     assert_eq!(
         e,
-        ConfigError::Invalid("route \"api\" (index 1): match.ports[1].to: port must be an integer 1-65535, got 70000".into())
+        ConfigError::Invalid(
+            "route \"api\" (index 1): match.ports[1].to: port must be an integer 1-65535, got 70000".into()
+        )
     );
-    let e = err(
-        json!([{ "match": {"ports": 80}, "action": {"type": "forward", "targets": [{"host": "a", "port": "x"}]}}]),
-    );
-    assert_eq!(
-        e.to_string(),
-        "route at index 0: action.targets[0].port: port must be an integer 1-65535, got \"x\""
-    );
+    let e =
+        err(json!([{ "match": {"ports": 80}, "action": {"type": "forward", "targets": [{"host": "a", "port": "x"}]}}]));
+    assert_eq!(e.to_string(), "route at index 0: action.targets[0].port: port must be an integer 1-65535, got \"x\"");
     let e = err(json!([{ "match": {"ports": 80, "clientIp": ["10.0.0.0/99"]}, "action": fwd()}]));
-    assert!(
-        e.to_string()
-            .starts_with("route at index 0: match.clientIp[0]: invalid IP pattern"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("route at index 0: match.clientIp[0]: invalid IP pattern"), "{e}");
     let e = err(json!([{ "name": "x", "match": {}, "action": fwd()}]));
-    assert_eq!(
-        e.to_string(),
-        "route \"x\" (index 0): match.ports is required"
-    );
+    assert_eq!(e.to_string(), "route \"x\" (index 0): match.ports is required");
     let e = err(json!([{ "name": "x", "match": {"ports": 1}, "action": {"type": "forward"}}]));
     assert!(e.to_string().contains("at least one target"), "{e}");
     let e = err(json!([{ "match": {"ports": 1}, "action": {"type": "redirect"}}]));
@@ -46,30 +37,15 @@ fn errors_name_route_and_field() {
 #[test]
 fn unbuilt_features_fail_loudly() {
     let cases = [
-        (
-            json!({"type": "socket-handler", "socketHandler": {"$fn": 1}}),
-            "socket-handler",
-        ),
-        (
-            json!({"type": "forward", "target": {"host": {"$fn": 1}, "port": 1}}),
-            "function-valued target host",
-        ),
-        (
-            json!({"type": "forward", "target": {"host": "a", "port": {"$fn": 2}}}),
-            "function-valued target port",
-        ),
+        (json!({"type": "socket-handler", "socketHandler": {"$fn": 1}}), "socket-handler"),
+        (json!({"type": "forward", "target": {"host": {"$fn": 1}, "port": 1}}), "function-valued target host"),
+        (json!({"type": "forward", "target": {"host": "a", "port": {"$fn": 2}}}), "function-valued target port"),
         (
             json!({"type": "forward", "target": {"host": "a", "port": 1}, "tls": {"mode": "terminate", "certificate": "auto"}}),
             "TLS termination",
         ),
-        (
-            json!({"type": "forward", "target": {"host": "a", "port": 1}, "forwardingEngine": "nftables"}),
-            "nftables",
-        ),
-        (
-            json!({"type": "forward", "target": {"host": "a", "port": 1}, "websocket": {"enabled": true}}),
-            "websocket",
-        ),
+        (json!({"type": "forward", "target": {"host": "a", "port": 1}, "forwardingEngine": "nftables"}), "nftables"),
+        (json!({"type": "forward", "target": {"host": "a", "port": 1}, "websocket": {"enabled": true}}), "websocket"),
         (
             json!({"type": "forward", "target": {"host": "a", "port": 1}, "loadBalancing": {"algorithm": "ip-hash"}}),
             "ip-hash",
@@ -90,7 +66,10 @@ fn unbuilt_features_fail_loudly() {
     );
     assert!(matches!(e, ConfigError::NotSupported(_)));
     // Explicitly disabled features ask for nothing.
-    parse_routes(&json!([{ "match": {"ports": 1}, "action": fwd(), "security": {"basicAuth": {"enabled": false, "users": []}}}])).unwrap();
+    parse_routes(
+        &json!([{ "match": {"ports": 1}, "action": fwd(), "security": {"basicAuth": {"enabled": false, "users": []}}}]),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -122,19 +101,10 @@ fn options_defaults_and_errors() {
     assert_eq!(o.keep_alive_treatment, KeepAliveTreatment::Immortal);
     assert_eq!(o.max_connections_per_ip, None);
     assert_eq!(o.connection_rate_limit_per_minute, Some(300));
-    assert_eq!(
-        o.default_target,
-        Some(HostPort {
-            host: "x".into(),
-            port: 9
-        })
-    );
+    assert_eq!(o.default_target, Some(HostPort { host: "x".into(), port: 9 }));
     assert_eq!(w.len(), 1);
     let e = parse_options(&json!({"connectionTimeout": "soon"})).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "options.connectionTimeout: expected a number, got \"soon\""
-    );
+    assert_eq!(e.to_string(), "options.connectionTimeout: expected a number, got \"soon\"");
     let e = parse_options(&json!({"sendProxyProtocol": true})).unwrap_err();
     assert!(matches!(e, ConfigError::NotSupported(_)));
     let e = parse_options(&json!({"defaults": {"target": {"host": "x"}}})).unwrap_err();

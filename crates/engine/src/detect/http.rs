@@ -7,29 +7,15 @@ use super::{DetectError, Sniff};
 /// header buffer is 8 KiB; 16 KiB accepts anything a browser sends).
 pub const MAX_HEAD: usize = 16 * 1024;
 
-const METHODS: &[&[u8]] = &[
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"HEAD ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"CONNECT ",
-    b"TRACE ",
-    b"PRI ",
-];
+const METHODS: &[&[u8]] =
+    &[b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ", b"PRI "];
 
 /// Whether `buf` starts like an HTTP/1.x request line (or could, given more bytes).
 pub(super) fn looks_like_http(buf: &[u8]) -> Sniff {
     for m in METHODS {
         let n = buf.len().min(m.len());
         if buf[..n] == m[..n] {
-            return if n == m.len() {
-                Sniff::Http
-            } else {
-                Sniff::Unknown
-            };
+            return if n == m.len() { Sniff::Http } else { Sniff::Unknown };
         }
     }
     Sniff::Other
@@ -52,10 +38,7 @@ pub struct HttpHead {
 impl HttpHead {
     /// First value of a header by lower-cased name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -72,17 +55,13 @@ pub fn parse_http_head(buf: &[u8]) -> Result<HttpHead, DetectError> {
                 DetectError::Incomplete
             })
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(DetectError::Malformed("too many headers"))
-        }
+        Err(httparse::Error::TooManyHeaders) => return Err(DetectError::Malformed("too many headers")),
         Err(_) => return Err(DetectError::Malformed("malformed HTTP request")),
     }
     let target = req.path.unwrap_or("/");
     // Absolute-form targets (`http://host/path`) carry the path after the authority.
     let target = match target.find("://") {
-        Some(i) => target[i + 3..]
-            .find('/')
-            .map_or("/", |j| &target[i + 3 + j..]),
+        Some(i) => target[i + 3..].find('/').map_or("/", |j| &target[i + 3 + j..]),
         None => target,
     };
     let (path, query) = match target.split_once('?') {
@@ -92,33 +71,15 @@ pub fn parse_http_head(buf: &[u8]) -> Result<HttpHead, DetectError> {
     let headers: Vec<(String, String)> = req
         .headers
         .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).trim().to_owned(),
-            )
-        })
+        .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).trim().to_owned()))
         .collect();
-    let host = headers
-        .iter()
-        .find(|(k, _)| k == "host")
-        .map(|(_, v)| strip_port(v));
-    let conn = headers
-        .iter()
-        .find(|(k, _)| k == "connection")
-        .map(|(_, v)| v.to_ascii_lowercase());
+    let host = headers.iter().find(|(k, _)| k == "host").map(|(_, v)| strip_port(v));
+    let conn = headers.iter().find(|(k, _)| k == "connection").map(|(_, v)| v.to_ascii_lowercase());
     let keep_alive = match req.version {
         Some(0) => conn.as_deref().is_some_and(|c| c.contains("keep-alive")),
         _ => !conn.as_deref().is_some_and(|c| c.contains("close")),
     };
-    Ok(HttpHead {
-        method: req.method.unwrap_or("").to_owned(),
-        path,
-        query,
-        host,
-        headers,
-        keep_alive,
-    })
+    Ok(HttpHead { method: req.method.unwrap_or("").to_owned(), path, query, host, headers, keep_alive })
 }
 
 fn strip_port(host: &str) -> String {
@@ -149,11 +110,7 @@ mod tests {
         assert_eq!(h.header("x-env"), Some("prod"));
         assert!(h.keep_alive);
         for n in 0..raw.len() - 4 {
-            assert_eq!(
-                parse_http_head(&raw[..n]),
-                Err(DetectError::Incomplete),
-                "prefix {n}"
-            );
+            assert_eq!(parse_http_head(&raw[..n]), Err(DetectError::Incomplete), "prefix {n}");
         }
     }
 
@@ -179,15 +136,9 @@ mod tests {
 
     #[test]
     fn malformed() {
-        assert!(matches!(
-            parse_http_head(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
-            Err(DetectError::Malformed(_))
-        ));
+        assert!(matches!(parse_http_head(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"), Err(DetectError::Malformed(_))));
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(MAX_HEAD + 10, b'a');
-        assert!(matches!(
-            parse_http_head(&big),
-            Err(DetectError::Malformed(_))
-        ));
+        assert!(matches!(parse_http_head(&big), Err(DetectError::Malformed(_))));
     }
 }

@@ -73,10 +73,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, DetectError> {
-        let v = *self
-            .b
-            .get(self.pos)
-            .ok_or(DetectError::Malformed("truncated ClientHello"))?;
+        let v = *self.b.get(self.pos).ok_or(DetectError::Malformed("truncated ClientHello"))?;
         self.pos += 1;
         Ok(v)
     }
@@ -84,10 +81,7 @@ impl<'a> Reader<'a> {
         Ok(u16::from(self.u8()?) << 8 | u16::from(self.u8()?))
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], DetectError> {
-        let s = self
-            .b
-            .get(self.pos..self.pos + n)
-            .ok_or(DetectError::Malformed("truncated ClientHello"))?;
+        let s = self.b.get(self.pos..self.pos + n).ok_or(DetectError::Malformed("truncated ClientHello"))?;
         self.pos += n;
         Ok(s)
     }
@@ -132,11 +126,7 @@ fn handshake_message(buf: &[u8]) -> Result<Vec<u8>, DetectError> {
             // The record is not all here yet; parse what we have if it already holds the message.
             None => {
                 msg.extend_from_slice(&buf[pos + 5..]);
-                return if complete(&msg)? {
-                    Ok(msg)
-                } else {
-                    Err(DetectError::Incomplete)
-                };
+                return if complete(&msg)? { Ok(msg) } else { Err(DetectError::Incomplete) };
             }
         };
         msg.extend_from_slice(body);
@@ -153,9 +143,7 @@ fn complete(msg: &[u8]) -> Result<bool, DetectError> {
         return Ok(false);
     }
     if msg[0] != 0x01 {
-        return Err(DetectError::Malformed(
-            "first handshake message is not a ClientHello",
-        ));
+        return Err(DetectError::Malformed("first handshake message is not a ClientHello"));
     }
     if msg.len() < 4 {
         return Ok(false);
@@ -175,10 +163,7 @@ fn is_grease(v: u16) -> bool {
 pub fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, DetectError> {
     let msg = handshake_message(buf)?;
     let len = usize::from(msg[1]) << 16 | usize::from(msg[2]) << 8 | usize::from(msg[3]);
-    let mut r = Reader {
-        b: &msg[4..4 + len],
-        pos: 0,
-    };
+    let mut r = Reader { b: &msg[4..4 + len], pos: 0 };
     let legacy_version = r.u16()?;
     r.take(32)?; // random
     r.vec8()?; // session id
@@ -187,10 +172,7 @@ pub fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, DetectError> {
         return Err(DetectError::Malformed("bad cipher suite list"));
     }
     r.vec8()?; // compression methods
-    let mut hello = ClientHello {
-        version: TlsVersion::from_wire(legacy_version),
-        ..Default::default()
-    };
+    let mut hello = ClientHello { version: TlsVersion::from_wire(legacy_version), ..Default::default() };
     if r.done() {
         return Ok(hello);
     }
@@ -208,8 +190,7 @@ pub fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, DetectError> {
                     let kind = l.u8()?;
                     let name = l.vec16()?;
                     if kind == 0 && hello.sni.is_none() {
-                        let s = std::str::from_utf8(name)
-                            .map_err(|_| DetectError::Malformed("SNI is not text"))?;
+                        let s = std::str::from_utf8(name).map_err(|_| DetectError::Malformed("SNI is not text"))?;
                         if s.is_empty() || !s.bytes().all(|c| c.is_ascii_graphic()) {
                             return Err(DetectError::Malformed("SNI is not a host name"));
                         }
@@ -221,9 +202,7 @@ pub fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, DetectError> {
                 let list = d.vec16()?;
                 let mut l = Reader { b: list, pos: 0 };
                 while !l.done() {
-                    hello
-                        .alpn
-                        .push(String::from_utf8_lossy(l.vec8()?).into_owned());
+                    hello.alpn.push(String::from_utf8_lossy(l.vec8()?).into_owned());
                 }
             }
             43 => {
@@ -300,11 +279,7 @@ mod tests {
     fn every_prefix_is_incomplete() {
         let full = rustls_hello("a.example.com");
         for n in 0..full.len() {
-            assert_eq!(
-                parse_client_hello(&full[..n]),
-                Err(DetectError::Incomplete),
-                "prefix {n}"
-            );
+            assert_eq!(parse_client_hello(&full[..n]), Err(DetectError::Incomplete), "prefix {n}");
         }
     }
 
@@ -316,11 +291,7 @@ mod tests {
             let h = parse_client_hello(&framed).unwrap();
             assert_eq!(h.sni.as_deref(), Some("split.example.com"), "chunk {chunk}");
             for n in 0..framed.len() {
-                assert_eq!(
-                    parse_client_hello(&framed[..n]),
-                    Err(DetectError::Incomplete),
-                    "chunk {chunk} prefix {n}"
-                );
+                assert_eq!(parse_client_hello(&framed[..n]), Err(DetectError::Incomplete), "chunk {chunk} prefix {n}");
             }
         }
     }
@@ -329,33 +300,18 @@ mod tests {
     fn trailing_data_is_fine() {
         let mut full = rustls_hello("x.example.com");
         full.extend_from_slice(&[0x17, 0x03, 0x03, 0, 1, 0]);
-        assert_eq!(
-            parse_client_hello(&full).unwrap().sni.as_deref(),
-            Some("x.example.com")
-        );
+        assert_eq!(parse_client_hello(&full).unwrap().sni.as_deref(), Some("x.example.com"));
     }
 
     #[test]
     fn malformed_and_foreign() {
-        assert_eq!(
-            parse_client_hello(b"GET / HTTP/1.1\r\n"),
-            Err(DetectError::NotThisProtocol)
-        );
+        assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n"), Err(DetectError::NotThisProtocol));
         // A handshake record whose message is not a ClientHello.
-        assert!(matches!(
-            parse_client_hello(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0]),
-            Err(DetectError::Malformed(_))
-        ));
+        assert!(matches!(parse_client_hello(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0]), Err(DetectError::Malformed(_))));
         // Claims a 1 MiB ClientHello.
-        assert!(matches!(
-            parse_client_hello(&[0x16, 3, 1, 0, 4, 1, 0x10, 0, 0]),
-            Err(DetectError::Malformed(_))
-        ));
+        assert!(matches!(parse_client_hello(&[0x16, 3, 1, 0, 4, 1, 0x10, 0, 0]), Err(DetectError::Malformed(_))));
         // Zero-length record.
-        assert!(matches!(
-            parse_client_hello(&[0x16, 3, 1, 0, 0]),
-            Err(DetectError::Malformed(_))
-        ));
+        assert!(matches!(parse_client_hello(&[0x16, 3, 1, 0, 0]), Err(DetectError::Malformed(_))));
         // Garbage inside a correctly framed message never panics.
         let mut full = rustls_hello("g.example.com");
         for i in 9..full.len() {

@@ -32,18 +32,12 @@ pub struct Shared {
 
 impl Shared {
     pub fn log_warn(&self, message: String) {
-        self.events.emit(Event::Log {
-            level: LogLevel::Warn,
-            message,
-        });
+        self.events.emit(Event::Log { level: LogLevel::Warn, message });
     }
 
     fn debug(&self, f: impl FnOnce() -> String) {
         if self.options.enable_detailed_logging {
-            self.events.emit(Event::Log {
-                level: LogLevel::Debug,
-                message: f(),
-            });
+            self.events.emit(Event::Log { level: LogLevel::Debug, message: f() });
         }
     }
 }
@@ -56,27 +50,16 @@ const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Shared>) {
     let ip = normalize_ip(peer.ip());
     let o = &sh.options;
-    let limits = IpLimits {
-        max_per_ip: o.max_connections_per_ip,
-        rate_per_minute: o.connection_rate_limit_per_minute,
-    };
+    let limits = IpLimits { max_per_ip: o.max_connections_per_ip, rate_per_minute: o.connection_rate_limit_per_minute };
     let mut guard = match sh.registry.open(ip, peer.port(), port, limits) {
         Ok(g) => g,
         Err(reason) => {
-            sh.debug(|| {
-                format!(
-                    "refused {ip}:{} on port {port}: {}",
-                    peer.port(),
-                    reason.as_str()
-                )
-            });
+            sh.debug(|| format!("refused {ip}:{} on port {port}: {}", peer.port(), reason.as_str()));
             return;
         }
     };
-    let sockopts = SocketOptions {
-        no_delay: o.no_delay,
-        keep_alive: o.keep_alive.then_some(o.keep_alive_initial_delay),
-    };
+    let sockopts =
+        SocketOptions { no_delay: o.no_delay, keep_alive: o.keep_alive.then_some(o.keep_alive_initial_delay) };
     tcp::apply(&stream, sockopts);
     if o.keep_alive {
         guard.rec.keep_alive.store(true, Ordering::Relaxed);
@@ -112,13 +95,7 @@ async fn serve(
 ) -> Termination {
     let table = sh.table.load_full();
     let o = &sh.options;
-    let mut input = MatchInput {
-        port,
-        client_ip: ip,
-        domain: None,
-        http: None,
-        tls_version: None,
-    };
+    let mut input = MatchInput { port, client_ip: ip, domain: None, http: None, tls_version: None };
     let initial;
     let mut is_tls = false;
     let idx = match table.early(port, ip) {
@@ -154,8 +131,7 @@ async fn serve(
             table.find(&input)
         }
     };
-    let mut keep_alive =
-        guard.rec.keep_alive.load(Ordering::Relaxed) || input.http.is_some_and(|h| h.keep_alive);
+    let mut keep_alive = guard.rec.keep_alive.load(Ordering::Relaxed) || input.http.is_some_and(|h| h.keep_alive);
 
     let target = match idx {
         Some(i) => {
@@ -179,10 +155,7 @@ async fn serve(
                 if !check_security(&o.default_security, ip) {
                     return Termination::IpBlocked;
                 }
-                SelectedTarget {
-                    host: d.host.clone(),
-                    port: d.port,
-                }
+                SelectedTarget { host: d.host.clone(), port: d.port }
             }
             None => return refuse_no_route(client, is_tls, input.domain.is_some()).await,
         },
@@ -191,33 +164,20 @@ async fn serve(
     keep_alive |= o.keep_alive;
     guard.rec.keep_alive.store(keep_alive, Ordering::Relaxed);
 
-    let backend = match tokio::time::timeout(
-        o.connection_timeout,
-        TcpStream::connect((target.host.as_str(), target.port)),
-    )
-    .await
-    {
-        Err(_) => return Termination::ConnectTimeout,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Termination::ConnectRefused
-        }
-        Ok(Err(e)) => {
-            sh.debug(|| format!("connect to {}:{} failed: {e}", target.host, target.port));
-            return Termination::ConnectFailed;
-        }
-        Ok(Ok(s)) => s,
-    };
+    let backend =
+        match tokio::time::timeout(o.connection_timeout, TcpStream::connect((target.host.as_str(), target.port))).await
+        {
+            Err(_) => return Termination::ConnectTimeout,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Termination::ConnectRefused,
+            Ok(Err(e)) => {
+                sh.debug(|| format!("connect to {}:{} failed: {e}", target.host, target.port));
+                return Termination::ConnectFailed;
+            }
+            Ok(Ok(s)) => s,
+        };
     tcp::apply(&backend, sockopts);
     let (idle, lifetime) = effective_timeouts(o, keep_alive, guard.rec.id);
-    relay_timed(
-        client,
-        &backend,
-        &guard.rec,
-        idle,
-        lifetime,
-        o.enable_half_open,
-    )
-    .await
+    relay_timed(client, &backend, &guard.rec, idle, lifetime, o.enable_half_open).await
 }
 
 fn check_security(sec: &RouteSecurity, ip: IpAddr) -> bool {
@@ -226,15 +186,7 @@ fn check_security(sec: &RouteSecurity, ip: IpAddr) -> bool {
 
 async fn refuse_no_route(client: &TcpStream, is_tls: bool, had_sni: bool) -> Termination {
     if is_tls {
-        send_alert(
-            client,
-            if had_sni {
-                ALERT_UNRECOGNIZED_NAME
-            } else {
-                ALERT_HANDSHAKE_FAILURE
-            },
-        )
-        .await;
+        send_alert(client, if had_sni { ALERT_UNRECOGNIZED_NAME } else { ALERT_HANDSHAKE_FAILURE }).await;
     }
     Termination::NoRoute
 }
@@ -259,33 +211,17 @@ async fn send_alert(client: &TcpStream, description: u8) {
 
 /// Idle and lifetime limits for a connection (spec §7.6). `None` means no limit. Zero disables
 /// a limit too. With `enableRandomizedTimeouts`, ±5 % jitter (derived from the connection id).
-pub fn effective_timeouts(
-    o: &ProxyOptions,
-    keep_alive: bool,
-    id: u64,
-) -> (Option<Duration>, Option<Duration>) {
+pub fn effective_timeouts(o: &ProxyOptions, keep_alive: bool, id: u64) -> (Option<Duration>, Option<Duration>) {
     let (idle, life) = match (keep_alive, o.keep_alive_treatment) {
         (true, KeepAliveTreatment::Immortal) => (None, None),
         (true, KeepAliveTreatment::Extended) => (
-            Some(
-                o.inactivity_timeout
-                    .mul_f64(o.keep_alive_inactivity_multiplier.max(1.0)),
-            ),
+            Some(o.inactivity_timeout.mul_f64(o.keep_alive_inactivity_multiplier.max(1.0))),
             Some(o.extended_keep_alive_lifetime),
         ),
-        (true, KeepAliveTreatment::Standard) => {
-            (Some(o.inactivity_timeout), Some(o.max_connection_lifetime))
-        }
-        (false, _) => (
-            Some(o.inactivity_timeout.min(o.socket_timeout)),
-            Some(o.max_connection_lifetime),
-        ),
+        (true, KeepAliveTreatment::Standard) => (Some(o.inactivity_timeout), Some(o.max_connection_lifetime)),
+        (false, _) => (Some(o.inactivity_timeout.min(o.socket_timeout)), Some(o.max_connection_lifetime)),
     };
-    let idle = if o.disable_inactivity_check {
-        None
-    } else {
-        idle
-    };
+    let idle = if o.disable_inactivity_check { None } else { idle };
     let adjust = |d: Option<Duration>, salt: u64| {
         d.filter(|d| !d.is_zero()).map(|d| {
             let d = if o.enable_randomized_timeouts {
@@ -354,21 +290,12 @@ mod tests {
     fn timeouts_by_treatment() {
         let mut o = ProxyOptions::default();
         let h = Duration::from_secs(3600);
-        assert_eq!(
-            effective_timeouts(&o, false, 1),
-            (Some(h), Some(Duration::from_secs(86_400)))
-        );
-        assert_eq!(
-            effective_timeouts(&o, true, 1),
-            (Some(4 * h * 6), Some(Duration::from_secs(7 * 86_400)))
-        );
+        assert_eq!(effective_timeouts(&o, false, 1), (Some(h), Some(Duration::from_secs(86_400))));
+        assert_eq!(effective_timeouts(&o, true, 1), (Some(4 * h * 6), Some(Duration::from_secs(7 * 86_400))));
         o.keep_alive_treatment = KeepAliveTreatment::Immortal;
         assert_eq!(effective_timeouts(&o, true, 1), (None, None));
         o.keep_alive_treatment = KeepAliveTreatment::Standard;
-        assert_eq!(
-            effective_timeouts(&o, true, 1),
-            (Some(4 * h), Some(Duration::from_secs(86_400)))
-        );
+        assert_eq!(effective_timeouts(&o, true, 1), (Some(4 * h), Some(Duration::from_secs(86_400))));
         o.disable_inactivity_check = true;
         assert_eq!(effective_timeouts(&o, true, 1).0, None);
         o.disable_inactivity_check = false;
@@ -376,10 +303,7 @@ mod tests {
         for id in 0..200 {
             let (i, _) = effective_timeouts(&o, true, id);
             let i = i.unwrap().as_secs_f64();
-            assert!(
-                (4.0 * 3600.0 * 0.95..=4.0 * 3600.0 * 1.05).contains(&i),
-                "{i}"
-            );
+            assert!((4.0 * 3600.0 * 0.95..=4.0 * 3600.0 * 1.05).contains(&i), "{i}");
         }
     }
 }

@@ -26,10 +26,9 @@ pub fn bind(port: u16) -> io::Result<TcpListener> {
     })();
     let (sock, addr) = match v6 {
         Ok(s) => (s, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))),
-        Err(_) => (
-            Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?,
-            SocketAddr::from(([0, 0, 0, 0], port)),
-        ),
+        Err(_) => {
+            (Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?, SocketAddr::from(([0, 0, 0, 0], port)))
+        }
     };
     sock.set_reuse_address(true)?;
     sock.set_nonblocking(true)?;
@@ -39,12 +38,7 @@ pub fn bind(port: u16) -> io::Result<TcpListener> {
 }
 
 /// Accepts on `listener` until `stop` fires; each connection is handled on its own task.
-pub async fn accept_loop(
-    listener: TcpListener,
-    port: u16,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) {
+pub async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,

@@ -29,12 +29,10 @@ impl DomainPattern {
         if norm.is_empty() {
             return Err("domain pattern must not be empty".into());
         }
-        if let Some(bad) = norm.chars().find(|c| {
-            !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*' | '_' | ':' | '[' | ']'))
-        }) {
-            return Err(format!(
-                "invalid character {bad:?} in domain pattern {pattern:?}"
-            ));
+        if let Some(bad) =
+            norm.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*' | '_' | ':' | '[' | ']')))
+        {
+            return Err(format!("invalid character {bad:?} in domain pattern {pattern:?}"));
         }
         let kind = if norm.chars().all(|c| c == '*') {
             Kind::Any
@@ -75,10 +73,7 @@ fn glob_match(parts: &[String], s: &str) -> bool {
         Some(x) => x,
         None => return s == first,
     };
-    if s.len() < first.len() + last.len()
-        || !s.starts_with(first.as_str())
-        || !s.ends_with(last.as_str())
-    {
+    if s.len() < first.len() + last.len() || !s.starts_with(first.as_str()) || !s.ends_with(last.as_str()) {
         return false;
     }
     let mut window = &s[first.len()..s.len() - last.len()];

@@ -21,10 +21,7 @@ pub struct HeaderMatcher {
 
 impl HeaderMatcher {
     pub fn exact(name: &str, value: &str) -> Self {
-        HeaderMatcher {
-            name: name.to_ascii_lowercase(),
-            pattern: HeaderValuePattern::Exact(value.to_owned()),
-        }
+        HeaderMatcher { name: name.to_ascii_lowercase(), pattern: HeaderValuePattern::Exact(value.to_owned()) }
     }
 
     /// Compiles a JavaScript `RegExp` given as `source` and `flags`.
@@ -40,13 +37,8 @@ impl HeaderMatcher {
                 other => return Err(format!("unsupported RegExp flag {other:?}")),
             };
         }
-        let re = b
-            .build()
-            .map_err(|e| format!("invalid regular expression /{source}/: {e}"))?;
-        Ok(HeaderMatcher {
-            name: name.to_ascii_lowercase(),
-            pattern: HeaderValuePattern::Regex(re),
-        })
+        let re = b.build().map_err(|e| format!("invalid regular expression /{source}/: {e}"))?;
+        Ok(HeaderMatcher { name: name.to_ascii_lowercase(), pattern: HeaderValuePattern::Regex(re) })
     }
 
     /// `lookup` returns the first value of a header given its lower-cased name.
@@ -70,12 +62,8 @@ mod tests {
         assert!(HeaderMatcher::exact("X-Env", "prod").matches(lookup));
         assert!(!HeaderMatcher::exact("x-env", "Prod").matches(lookup));
         assert!(!HeaderMatcher::exact("x-missing", "prod").matches(lookup));
-        assert!(HeaderMatcher::regex("user-agent", "CURL", "i")
-            .unwrap()
-            .matches(lookup));
-        assert!(!HeaderMatcher::regex("user-agent", "^curl", "")
-            .unwrap()
-            .matches(lookup));
+        assert!(HeaderMatcher::regex("user-agent", "CURL", "i").unwrap().matches(lookup));
+        assert!(!HeaderMatcher::regex("user-agent", "^curl", "").unwrap().matches(lookup));
         assert!(HeaderMatcher::regex("x", "(", "").is_err());
     }
 }

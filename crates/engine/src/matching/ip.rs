@@ -3,7 +3,7 @@
 //! normalised to IPv4 on both sides, so either spelling matches.
 
 use ipnet::IpNet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 /// Maps `::ffff:a.b.c.d` to `a.b.c.d`; other addresses are returned unchanged.
 pub fn normalize_ip(ip: IpAddr) -> IpAddr {
@@ -22,11 +22,7 @@ pub enum IpPattern {
 impl IpPattern {
     pub fn parse(pattern: &str) -> Result<Self, String> {
         let p = pattern.trim();
-        let bad = || {
-            format!(
-                "invalid IP pattern {pattern:?} (expected an address, CIDR, a-b range or 1.2.3.*)"
-            )
-        };
+        let bad = || format!("invalid IP pattern {pattern:?} (expected an address, CIDR, a-b range or 1.2.3.*)");
         if p == "*" {
             return Ok(IpPattern::Any);
         }
@@ -67,11 +63,7 @@ impl IpPattern {
             IpPattern::Net(net) => net.contains(&ip),
             IpPattern::Range(a, b) => ip.is_ipv4() == a.is_ipv4() && *a <= ip && ip <= *b,
             IpPattern::Octets(oct) => match ip {
-                IpAddr::V4(v4) => v4
-                    .octets()
-                    .iter()
-                    .zip(oct)
-                    .all(|(o, p)| p.is_none_or(|p| p == *o)),
+                IpAddr::V4(v4) => v4.octets().iter().zip(oct).all(|(o, p)| p.is_none_or(|p| p == *o)),
                 IpAddr::V6(_) => false,
             },
         }
@@ -100,14 +92,14 @@ pub fn is_authorized(ip: IpAddr, allow: &[IpPattern], block: &[IpPattern]) -> bo
     allow.is_empty() || allow.iter().any(|p| p.matches(ip))
 }
 
-/// Convenience for tests and docs.
-pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
 
     fn ip(s: &str) -> IpAddr {
         normalize_ip(s.parse().unwrap())
@@ -142,15 +134,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in [
-            "",
-            "1.2.3",
-            "1.2.3.4/40",
-            "a.b.c.d",
-            "1.2.*",
-            "5.5.5.5-1.1.1.1",
-            "1.1.1.1-::1",
-        ] {
+        for bad in ["", "1.2.3", "1.2.3.4/40", "a.b.c.d", "1.2.*", "5.5.5.5-1.1.1.1", "1.1.1.1-::1"] {
             assert!(IpPattern::parse(bad).is_err(), "{bad}");
         }
     }

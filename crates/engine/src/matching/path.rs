@@ -47,10 +47,7 @@ impl PathPattern {
                         tokens.push(Token::Wild);
                     }
                 }
-                ':' if chars
-                    .peek()
-                    .is_some_and(|n| n.is_ascii_alphanumeric() || *n == '_') =>
-                {
+                ':' if chars.peek().is_some_and(|n| n.is_ascii_alphanumeric() || *n == '_') => {
                     if !lit.is_empty() {
                         tokens.push(Token::Lit(std::mem::take(&mut lit)));
                     }
@@ -71,13 +68,8 @@ impl PathPattern {
         if !lit.is_empty() {
             tokens.push(Token::Lit(lit));
         }
-        let anchored_end =
-            !pattern.contains('*') && !pattern.contains(':') && !pattern.ends_with('/');
-        Ok(PathPattern {
-            raw: pattern.to_owned(),
-            tokens,
-            anchored_end,
-        })
+        let anchored_end = !pattern.contains('*') && !pattern.contains(':') && !pattern.ends_with('/');
+        Ok(PathPattern { raw: pattern.to_owned(), tokens, anchored_end })
     }
 
     pub fn as_str(&self) -> &str {
@@ -88,11 +80,7 @@ impl PathPattern {
     pub fn match_path(&self, path: &str) -> Option<PathMatch> {
         let mut params = Vec::new();
         let end = self.match_from(0, path, 0, &mut params)?;
-        Some(PathMatch {
-            params,
-            matched: path[..end].to_owned(),
-            remainder: path[end..].to_owned(),
-        })
+        Some(PathMatch { params, matched: path[..end].to_owned(), remainder: path[end..].to_owned() })
     }
 
     pub fn matches(&self, path: &str) -> bool {
@@ -101,13 +89,7 @@ impl PathPattern {
     }
 
     /// Returns the end offset of the match starting at `pos` with tokens from `ti` on.
-    fn match_from(
-        &self,
-        ti: usize,
-        s: &str,
-        pos: usize,
-        params: &mut Vec<(String, String)>,
-    ) -> Option<usize> {
+    fn match_from(&self, ti: usize, s: &str, pos: usize, params: &mut Vec<(String, String)>) -> Option<usize> {
         let Some(tok) = self.tokens.get(ti) else {
             return (!self.anchored_end || pos == s.len()).then_some(pos);
         };
@@ -196,9 +178,6 @@ mod tests {
 
         let p = PathPattern::parse("/:a/:b").unwrap();
         let m = p.match_path("/x/y").unwrap();
-        assert_eq!(
-            m.params,
-            vec![("a".into(), "x".into()), ("b".into(), "y".into())]
-        );
+        assert_eq!(m.params, vec![("a".into(), "x".into()), ("b".into(), "y".into())]);
     }
 }

@@ -33,13 +33,7 @@ mod tests {
 
     #[test]
     fn ranges() {
-        let r = [
-            PortRange::single(80),
-            PortRange {
-                from: 8000,
-                to: 8002,
-            },
-        ];
+        let r = [PortRange::single(80), PortRange { from: 8000, to: 8002 }];
         assert!(ports_contain(&r, 80));
         assert!(ports_contain(&r, 8001));
         assert!(!ports_contain(&r, 8003));

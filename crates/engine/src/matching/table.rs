@@ -36,21 +36,12 @@ impl CompiledRoute {
         // Stable sort: equal priorities keep configuration order.
         targets.sort_by(|a, b| b.priority.total_cmp(&a.priority));
         let cursors = targets.iter().map(|_| AtomicUsize::new(0)).collect();
-        CompiledRoute {
-            route,
-            needs_data,
-            targets,
-            cursors,
-            active: AtomicU32::new(0),
-        }
+        CompiledRoute { route, needs_data, targets, cursors, active: AtomicU32::new(0) }
     }
 
     /// The route's name, or `route-<index>` for unnamed routes (metrics and logs key).
     pub fn display_name(&self) -> String {
-        self.route
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("route-{}", self.route.index))
+        self.route.name.clone().unwrap_or_else(|| format!("route-{}", self.route.index))
     }
 
     pub fn tls_mode(&self) -> Option<TlsMode> {
@@ -99,15 +90,8 @@ impl RouteTable {
     /// Compiles validated routes. Disabled routes are left out.
     pub fn new(routes: Vec<Route>) -> Self {
         let mut routes: Vec<Route> = routes.into_iter().filter(|r| r.enabled).collect();
-        routes.sort_by(|a, b| {
-            b.priority
-                .total_cmp(&a.priority)
-                .then(a.index.cmp(&b.index))
-        });
-        let routes: Vec<Arc<CompiledRoute>> = routes
-            .into_iter()
-            .map(|r| Arc::new(CompiledRoute::new(r)))
-            .collect();
+        routes.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.index.cmp(&b.index)));
+        let routes: Vec<Arc<CompiledRoute>> = routes.into_iter().map(|r| Arc::new(CompiledRoute::new(r))).collect();
         let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
         for (i, r) in routes.iter().enumerate() {
             let mut seen = BTreeSet::new();
@@ -149,9 +133,7 @@ impl RouteTable {
 
     /// Whether any route on `port` is a TLS passthrough route (used to answer failures with an alert).
     pub fn port_has_tls(&self, port: u16) -> bool {
-        self.candidates(port)
-            .iter()
-            .any(|&i| self.routes[i].tls_mode().is_some())
+        self.candidates(port).iter().any(|&i| self.routes[i].tls_mode().is_some())
     }
 
     /// Decides from port and client IP alone, if possible.
@@ -170,10 +152,7 @@ impl RouteTable {
 
     /// Full match: the first route (in priority order) whose every criterion holds.
     pub fn find(&self, input: &MatchInput) -> Option<usize> {
-        self.candidates(input.port)
-            .iter()
-            .copied()
-            .find(|&i| route_matches(&self.routes[i].route, input))
+        self.candidates(input.port).iter().copied().find(|&i| route_matches(&self.routes[i].route, input))
     }
 
     /// Chooses the backend of a route for this connection (spec §3.4): the first target, by
@@ -183,11 +162,7 @@ impl RouteTable {
         let pick = r
             .targets
             .iter()
-            .position(|t| {
-                t.condition
-                    .as_ref()
-                    .is_some_and(|c| target_condition_holds(c, input))
-            })
+            .position(|t| t.condition.as_ref().is_some_and(|c| target_condition_holds(c, input)))
             .or_else(|| r.targets.iter().position(|t| t.condition.is_none()))?;
         let t = &r.targets[pick];
         let host = if t.hosts.len() == 1 {
@@ -251,11 +226,7 @@ fn target_condition_holds(c: &crate::config::TargetMatch, input: &MatchInput) ->
             return false;
         }
     }
-    if !c.methods.is_empty()
-        && !input
-            .http
-            .is_some_and(|h| c.methods.iter().any(|m| *m == h.method))
-    {
+    if !c.methods.is_empty() && !input.http.is_some_and(|h| c.methods.iter().any(|m| *m == h.method)) {
         return false;
     }
     headers_ok(&c.headers, input.http)
@@ -273,13 +244,7 @@ mod tests {
     }
 
     fn input<'a>(port: u16, domain: Option<&'a str>, http: Option<&'a HttpHead>) -> MatchInput<'a> {
-        MatchInput {
-            port,
-            client_ip: "10.0.0.1".parse().unwrap(),
-            domain,
-            http,
-            tls_version: None,
-        }
+        MatchInput { port, client_ip: "10.0.0.1".parse().unwrap(), domain, http, tls_version: None }
     }
 
     fn name(t: &RouteTable, i: Option<usize>) -> Option<String> {
@@ -294,10 +259,7 @@ mod tests {
             {"name": "tie", "priority": 10, "match": {"ports": 80}, "action": {"type": "forward", "target": {"host": "c", "port": 1}}},
             {"name": "off", "enabled": false, "priority": 99, "match": {"ports": 80}, "action": {"type": "forward", "target": {"host": "d", "port": 1}}},
         ]));
-        assert_eq!(
-            name(&t, t.find(&input(80, None, None))).as_deref(),
-            Some("high")
-        );
+        assert_eq!(name(&t, t.find(&input(80, None, None))).as_deref(), Some("high"));
         assert_eq!(t.early(80, "1.2.3.4".parse().unwrap()), Early::Route(0));
         assert_eq!(t.early(82, "1.2.3.4".parse().unwrap()), Early::NoMatch);
         assert_eq!(t.len(), 3);
@@ -313,29 +275,13 @@ mod tests {
         ]));
         assert_eq!(t.early(80, "1.1.1.1".parse().unwrap()), Early::NeedData);
         let api = parse_http_head(b"GET /api/x HTTP/1.1\r\nHost: example.com\r\n\r\n").unwrap();
-        let beta =
-            parse_http_head(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Beta: YES\r\n\r\n").unwrap();
+        let beta = parse_http_head(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Beta: YES\r\n\r\n").unwrap();
         let plain = parse_http_head(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n").unwrap();
-        assert_eq!(
-            name(&t, t.find(&input(80, Some("example.com"), Some(&api)))).as_deref(),
-            Some("api")
-        );
-        assert_eq!(
-            name(&t, t.find(&input(80, Some("example.com"), Some(&beta)))).as_deref(),
-            Some("beta")
-        );
-        assert_eq!(
-            name(&t, t.find(&input(80, Some("example.com"), Some(&plain)))).as_deref(),
-            Some("any")
-        );
-        assert_eq!(
-            name(&t, t.find(&input(80, Some("a.example.com"), None))).as_deref(),
-            Some("wild")
-        );
-        assert_eq!(
-            name(&t, t.find(&input(80, None, None))).as_deref(),
-            Some("any")
-        );
+        assert_eq!(name(&t, t.find(&input(80, Some("example.com"), Some(&api)))).as_deref(), Some("api"));
+        assert_eq!(name(&t, t.find(&input(80, Some("example.com"), Some(&beta)))).as_deref(), Some("beta"));
+        assert_eq!(name(&t, t.find(&input(80, Some("example.com"), Some(&plain)))).as_deref(), Some("any"));
+        assert_eq!(name(&t, t.find(&input(80, Some("a.example.com"), None))).as_deref(), Some("wild"));
+        assert_eq!(name(&t, t.find(&input(80, None, None))).as_deref(), Some("any"));
     }
 
     #[test]
@@ -362,30 +308,17 @@ mod tests {
             ]}},
         ]));
         let i = input(9001, None, None);
-        let hosts: Vec<String> = (0..4)
-            .map(|_| t.select_target(0, &i).unwrap().host)
-            .collect();
+        let hosts: Vec<String> = (0..4).map(|_| t.select_target(0, &i).unwrap().host).collect();
         assert_eq!(hosts, ["h1", "h2", "h3", "h1"]);
         assert_eq!(t.select_target(0, &i).unwrap().port, 9001);
         let get = parse_http_head(b"GET /posts/1 HTTP/1.1\r\n\r\n").unwrap();
         let post = parse_http_head(b"POST /posts/1 HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(
             t.select_target(0, &input(9001, None, Some(&get))).unwrap(),
-            SelectedTarget {
-                host: "posts".into(),
-                port: 7
-            }
+            SelectedTarget { host: "posts".into(), port: 7 }
         );
-        assert_ne!(
-            t.select_target(0, &input(9001, None, Some(&post)))
-                .unwrap()
-                .host,
-            "posts"
-        );
-        assert_eq!(
-            t.select_target(0, &input(9002, None, None)).unwrap().host,
-            "ported"
-        );
+        assert_ne!(t.select_target(0, &input(9001, None, Some(&post))).unwrap().host, "posts");
+        assert_eq!(t.select_target(0, &input(9002, None, None)).unwrap().host, "ported");
         assert_eq!(t.port_counts().len(), 3);
     }
 }

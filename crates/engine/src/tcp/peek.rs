@@ -7,9 +7,7 @@
 //! spinning. The peek goes through a duplicate of the socket's descriptor (std's safe `peek`);
 //! the duplicate shares the open file description and is closed when detection ends.
 
-use crate::detect::{
-    parse_client_hello, parse_http_head, sniff, ClientHello, DetectError, HttpHead, Sniff,
-};
+use crate::detect::{parse_client_hello, parse_http_head, sniff, ClientHello, DetectError, HttpHead, Sniff};
 use std::io;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -41,10 +39,7 @@ pub enum PeekError {
 
 /// Peeks until the first bytes identify the connection, or `deadline` passes.
 pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initial, PeekError> {
-    let dup: std::net::TcpStream = socket2::SockRef::from(stream)
-        .try_clone()
-        .map_err(|_| PeekError::Closed)?
-        .into();
+    let dup: std::net::TcpStream = socket2::SockRef::from(stream).try_clone().map_err(|_| PeekError::Closed)?.into();
     let mut buf = vec![0u8; FIRST_PEEK];
     let mut have = 0usize;
     loop {

@@ -98,11 +98,7 @@ fn poll_half(
             match src.try_read(&mut b[..]) {
                 Ok(0) => Step::Eof,
                 Ok(n) => {
-                    let counter = if inbound {
-                        &rec.bytes_in
-                    } else {
-                        &rec.bytes_out
-                    };
+                    let counter = if inbound { &rec.bytes_in } else { &rec.bytes_out };
                     counter.fetch_add(n as u64, Ordering::Relaxed);
                     rec.touch();
                     match dst.try_write(&b[..n]) {
@@ -134,12 +130,7 @@ fn poll_half(
 }
 
 /// Relays until the connection is over; returns who ended it.
-pub async fn relay(
-    client: &TcpStream,
-    backend: &TcpStream,
-    rec: &ConnRecord,
-    half_open: bool,
-) -> RelayEnd {
+pub async fn relay(client: &TcpStream, backend: &TcpStream, rec: &ConnRecord, half_open: bool) -> RelayEnd {
     let mut up = Half::default(); // client → backend
     let mut down = Half::default(); // backend → client
     let mut first_close: Option<RelayEnd> = None;

@@ -1,0 +1,185 @@
+//! The napi-rs binding of smartproxy-native. It only converts types, maps errors and forwards
+//! engine events to JavaScript; all proxy logic lives in the `engine` crate.
+//!
+//! Wire format: options and routes arrive as JSON text produced by the JavaScript facade
+//! (`lib/normalize.js`), which replaces functions and RegExps by markers. Errors are thrown with
+//! the message `[CODE] text`; the facade moves `CODE` onto `error.code`.
+
+use engine::config::{parse_options, parse_routes, ProxyOptions};
+use engine::{Event, EventSink, Proxy};
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+
+/// An engine event as JavaScript sees it.
+#[napi(object)]
+pub struct NativeEvent {
+    pub kind: String,
+    pub level: String,
+    pub message: String,
+}
+
+type EventFn = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>;
+
+/// Forwards engine events to the JavaScript callback given to `start()`. Holding the
+/// threadsafe function also keeps Node's event loop alive while the proxy runs, as a listening
+/// `net.Server` would; it is released by `stop()`.
+#[derive(Default)]
+struct JsSink {
+    // Cold: set at start, cleared at stop, read per event (log events only, never per byte).
+    tsfn: Mutex<Option<Arc<EventFn>>>,
+}
+
+impl JsSink {
+    fn set(&self, f: Option<EventFn>) {
+        *self.tsfn.lock().unwrap_or_else(|p| p.into_inner()) = f.map(Arc::new);
+    }
+}
+
+impl EventSink for JsSink {
+    fn emit(&self, event: Event) {
+        let f = self.tsfn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(f) = f {
+            let Event::Log { level, message } = event;
+            let ev = NativeEvent { kind: "log".into(), level: level.as_str().into(), message };
+            let _ = f.call(ev, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+}
+
+fn to_js(code: &str, msg: impl std::fmt::Display) -> Error {
+    Error::new(Status::GenericFailure, format!("[{code}] {msg}"))
+}
+
+fn engine_err(e: engine::EngineError) -> Error {
+    to_js(e.code(), e)
+}
+
+fn config_err(e: engine::ConfigError) -> Error {
+    to_js(e.code(), e)
+}
+
+fn parse_json(text: &str, what: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| to_js("ERR_INVALID_CONFIG", format!("{what}: not valid JSON: {e}")))
+}
+
+fn routes_from(text: &str) -> Result<Vec<engine::config::Route>> {
+    parse_routes(&parse_json(text, "routes")?).map_err(config_err)
+}
+
+/// The engine's option defaults, merged into `SmartProxy.settings` by the facade.
+#[napi]
+pub fn engine_defaults() -> Value {
+    ProxyOptions::defaults_json()
+}
+
+/// Validates options and routes without starting anything; returns warnings.
+#[napi]
+pub fn validate_config(options_json: String, routes_json: String) -> Result<Vec<String>> {
+    let (_, warnings) = parse_options(&parse_json(&options_json, "options")?).map_err(config_err)?;
+    routes_from(&routes_json)?;
+    Ok(warnings)
+}
+
+/// One engine proxy instance.
+#[napi]
+pub struct NativeProxy {
+    inner: Arc<Proxy>,
+    sink: Arc<JsSink>,
+}
+
+#[napi]
+impl NativeProxy {
+    #[napi(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let sink = Arc::new(JsSink::default());
+        NativeProxy { inner: Arc::new(Proxy::new(sink.clone())), sink }
+    }
+
+    /// Validates the configuration and starts listening. Rejects with `[ERR_BIND]` naming the port
+    /// when a port cannot be bound, `[ERR_INVALID_CONFIG]` / `[ERR_NOT_SUPPORTED]` for bad routes.
+    #[napi]
+    pub async fn start(
+        &self,
+        options_json: String,
+        routes_json: String,
+        on_event: ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>,
+    ) -> Result<Vec<String>> {
+        let (options, warnings) = parse_options(&parse_json(&options_json, "options")?).map_err(config_err)?;
+        let routes = routes_from(&routes_json)?;
+        self.sink.set(Some(on_event));
+        let r = self.inner.start(options, routes).await;
+        if r.is_err() && !self.inner.is_running() {
+            self.sink.set(None);
+        }
+        r.map_err(engine_err)?;
+        Ok(warnings)
+    }
+
+    /// Closes listeners and connections and stops the runtime; resolves when its threads are gone.
+    #[napi]
+    pub async fn stop(&self) -> Result<()> {
+        let r = self.inner.stop().await;
+        self.sink.set(None);
+        r.map_err(engine_err)
+    }
+
+    #[napi]
+    pub async fn update_routes(&self, routes_json: String) -> Result<()> {
+        let routes = routes_from(&routes_json)?;
+        self.inner.update_routes(routes).await.map_err(engine_err)
+    }
+
+    #[napi]
+    pub async fn add_listening_port(&self, port: u32) -> Result<()> {
+        self.inner.add_port(port_arg(port)?).await.map_err(engine_err)
+    }
+
+    #[napi]
+    pub async fn remove_listening_port(&self, port: u32) -> Result<()> {
+        self.inner.remove_port(port_arg(port)?).await.map_err(engine_err)
+    }
+
+    #[napi]
+    pub fn get_listening_ports(&self) -> Vec<u32> {
+        self.inner.listening_ports().into_iter().map(u32::from).collect()
+    }
+
+    #[napi]
+    pub fn is_running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    /// Connection counters and per-route / per-IP breakdowns, as a plain object.
+    #[napi]
+    pub fn get_statistics(&self) -> Value {
+        let s = self.inner.stats();
+        let c = &s.connections;
+        let map =
+            |v: &[(&str, u64)]| v.iter().map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<_, _>>();
+        json!({
+            "activeConnections": c.active,
+            "totalConnections": c.total,
+            "tlsConnections": c.tls,
+            "nonTlsConnections": c.active - c.tls.min(c.active),
+            "keepAliveConnections": c.keep_alive,
+            "bytesIn": c.bytes_in,
+            "bytesOut": c.bytes_out,
+            "terminationStats": { "incoming": map(&c.termination_incoming), "outgoing": map(&c.termination_outgoing) },
+            "byRoute": c.by_route.iter().map(|(k, n)| json!([k, n])).collect::<Vec<_>>(),
+            "byIP": c.by_ip.iter().map(|(k, n)| json!([k.to_string(), n])).collect::<Vec<_>>(),
+            "listeningPorts": s.listening_ports,
+            "routes": s.route_count,
+        })
+    }
+}
+
+fn port_arg(port: u32) -> Result<u16> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| to_js("ERR_INVALID_ARG", format!("port must be an integer 1-65535, got {port}")))
+}
