@@ -226,7 +226,7 @@ fn target_condition_holds(c: &crate::config::TargetMatch, input: &MatchInput) ->
             return false;
         }
     }
-    if !c.methods.is_empty() && !input.http.is_some_and(|h| c.methods.iter().any(|m| *m == h.method)) {
+    if !c.methods.is_empty() && !input.http.is_some_and(|h| c.methods.contains(&h.method)) {
         return false;
     }
     headers_ok(&c.headers, input.http)
