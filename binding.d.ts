@@ -16,7 +16,7 @@ export declare class NativeProxy {
    * Validates the configuration and starts listening. Rejects with `[ERR_BIND]` naming the port
    * when a port cannot be bound, `[ERR_INVALID_CONFIG]` / `[ERR_NOT_SUPPORTED]` for bad routes.
    */
-  start(optionsJson: string, routesJson: string, onEvent: EventFn): Promise<Array<string>>
+  start(optionsJson: string, routesJson: string, onEvent: ((arg: NativeEvent) => void)): Promise<Array<string>>
   /** Closes listeners and connections and stops the runtime; resolves when its threads are gone. */
   stop(): Promise<void>
   updateRoutes(routesJson: string): Promise<void>
