@@ -1,32 +1,50 @@
 #!/usr/bin/env node
 'use strict';
 // Runs smartproxy-native under the shared harness's proxy contract (../shared/bench/README.md):
-// PERF_MODE, PERF_LISTEN_PORT, PERF_BACKEND_HOST/PORT, PERF_THREADS; exits on SIGTERM.
-// Only `tcp` is built so far (the HTTP/TLS modes come with the HTTP reverse proxy).
+// PERF_MODE (tcp | http | https | h2), PERF_LISTEN_PORT, PERF_BACKEND_HOST/PORT, PERF_CERT/KEY,
+// PERF_THREADS; exits on SIGTERM.
+const fs = require('node:fs');
 const { SmartProxy } = require('..');
 
 const mode = process.env.PERF_MODE || 'tcp';
-if (mode !== 'tcp') {
-  console.error(`launcher: mode ${mode} not supported yet`);
-  process.exit(2);
+const listen = Number(process.env.PERF_LISTEN_PORT || 9000);
+const target = { host: process.env.PERF_BACKEND_HOST || '127.0.0.1', port: Number(process.env.PERF_BACKEND_PORT) };
+
+let route;
+switch (mode) {
+  case 'tcp':
+    // Layer 4: nothing inspected.
+    route = { name: 'bench', match: { ports: listen }, action: { type: 'forward', target } };
+    break;
+  case 'http':
+    // The HTTP layer (per-request routing by Host), keep-alive to the backend.
+    route = { name: 'bench', match: { ports: listen, domains: '*' }, action: { type: 'forward', target } };
+    break;
+  case 'https':
+  case 'h2': {
+    const certificate = { cert: fs.readFileSync(process.env.PERF_CERT, 'utf8'), key: fs.readFileSync(process.env.PERF_KEY, 'utf8') };
+    // No domains: the certificate serves any name (wrk connects by IP, without SNI).
+    route = { name: 'bench', match: { ports: listen }, action: { type: 'forward', target, tls: { mode: 'terminate', certificate } } };
+    break;
+  }
+  default:
+    console.error(`launcher: unknown PERF_MODE ${mode}`);
+    process.exit(2);
 }
+
 const proxy = new SmartProxy({
-  routes: [
-    {
-      name: 'bench',
-      match: { ports: Number(process.env.PERF_LISTEN_PORT || 9000) },
-      action: { type: 'forward', target: { host: process.env.PERF_BACKEND_HOST || '127.0.0.1', port: Number(process.env.PERF_BACKEND_PORT) } },
-    },
-  ],
+  routes: [route],
   // The load generator is one client IP: upstream's per-IP defaults (100 concurrent, 300/min)
   // would cap the benchmark, and the peers have no such limits.
   maxConnectionsPerIP: 0,
   connectionRateLimitPerMinute: 0,
+  // The harness counts full handshakes: no session resumption.
+  tlsSessionResumption: false,
   workerThreads: Number(process.env.PERF_THREADS || 0) || undefined,
 });
 
 proxy.start().then(
-  () => console.log(`smartproxy-native (bench) listening on ${proxy.getListeningPorts().join(',')}`),
+  () => console.log(`smartproxy-native (bench, ${mode}) listening on ${proxy.getListeningPorts().join(',')}`),
   (err) => {
     console.error(err);
     process.exit(1);

@@ -3,7 +3,8 @@
 # plain Node proxy, in one run, with ../shared/bench (copied to bench/.harness, since shared/ is
 # read-only and the harness writes certificates and results next to itself).
 #
-#   bash bench/run.sh                         # the layer-4 rows: throughput, connection churn, idle memory
+#   bash bench/run.sh                         # layer-4 rows: throughput, connection churn, idle memory
+#   TESTS="http_keepalive https_keepalive https_handshake h2 idle_tls" bash bench/run.sh   # HTTP rows
 #   TESTS="tcp_churn" RUNS=5 bash bench/run.sh
 #
 # Builds the addon in release mode first. Needs root for apt-get and sysctl (setup.sh).
@@ -25,7 +26,7 @@ SKIP_APT=1 bash "$WORK/setup.sh" >/dev/null
 (cd "$ROOT" && pnpm run build >/dev/null)
 export CUSTOM_PROXY_NAME=smartproxy-native
 export CUSTOM_PROXY_CMD="node $HERE/launcher.js"
-export CUSTOM_PROXY_MODES="tcp"
+export CUSTOM_PROXY_MODES=${CUSTOM_PROXY_MODES:-"tcp http https h2"}
 export TESTS=${TESTS:-"tcp_throughput tcp_churn idle_tcp"}
 export PROXIES=${PROXIES:-"haproxy haproxy-splice nginx node"}
 bash "$WORK/bench.sh"

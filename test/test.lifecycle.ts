@@ -47,7 +47,7 @@ tap.test('features not built yet fail loudly at start() and updateRoutes()', asy
   const term = { name: 'https', match: { ports: port, domains: 'x.test' }, action: { type: 'forward' as const, target: { host: 'x', port: 1 }, tls: { mode: 'terminate' as const, certificate: 'auto' as const } } };
   const err = await new SmartProxy({ routes: [term] }).start().then(() => null, (e) => e);
   expect(err.code).toEqual('ERR_NOT_SUPPORTED');
-  expect(err.message).toEqual("not supported yet: TLS termination (tls.mode 'terminate') (route \"https\" (index 0))");
+  expect(err.message).toEqual("not supported yet: certificate 'auto' (ACME) (route \"https\" (index 0))");
   const p = new SmartProxy({ routes: [h.forward('r', port, one.port)] });
   await p.start();
   const sh = { name: 'js', match: { ports: port }, action: { type: 'socket-handler' as const, socketHandler: () => {} } };

@@ -11,10 +11,13 @@ pub mod conn;
 pub mod detect;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod listener;
 pub mod matching;
 pub mod proxy;
+pub mod snapshot;
 pub mod tcp;
+pub mod tls;
 
 pub use error::{ConfigError, EngineError};
 pub use events::{Event, EventSink, LogLevel};

@@ -15,7 +15,7 @@ use crate::conn::{Registry, Stats};
 use crate::error::{EngineError, Result};
 use crate::events::{Event, EventSink, LogLevel};
 use crate::listener::{self, Shared};
-use crate::matching::RouteTable;
+use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -69,7 +69,7 @@ pub struct ProxyStats {
 pub struct Proxy {
     events: Arc<dyn EventSink>,
     registry: Arc<Registry>,
-    table: Arc<ArcSwap<RouteTable>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     lifecycle: tokio::sync::Mutex<Option<Running>>,
     /// Mirror of the bound ports for synchronous readers (cold: written by lifecycle operations).
     port_view: Mutex<Vec<u16>>,
@@ -80,7 +80,7 @@ impl Proxy {
         Proxy {
             events,
             registry: Arc::new(Registry::default()),
-            table: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             lifecycle: tokio::sync::Mutex::new(None),
             port_view: Mutex::new(Vec::new()),
         }
@@ -101,9 +101,11 @@ impl Proxy {
             b.worker_threads(n);
         }
         let rt = b.thread_name("smartproxy-rt").enable_all().build().map_err(EngineError::Runtime)?;
-        let table = Arc::new(RouteTable::new(routes));
+        let snap = Arc::new(Snapshot::build(routes, &options)?);
+        let backends = crate::http::Backends::new(false, &[], &options).map_err(EngineError::Internal)?;
         let shared = Arc::new(Shared {
-            table: self.table.clone(),
+            snapshot: self.snapshot.clone(),
+            backends: Arc::new(backends),
             options: Arc::new(options),
             registry: self.registry.clone(),
             events: self.events.clone(),
@@ -111,8 +113,8 @@ impl Proxy {
             tracker: TaskTracker::new(),
         });
         let mut run = Running { rt: Some(rt), shared, ports: BTreeMap::new() };
-        let wanted = table.port_counts();
-        if let Err(e) = self.apply_ports(&mut run, &table, wanted) {
+        let wanted = snap.table.port_counts();
+        if let Err(e) = self.apply_ports(&mut run, &snap, wanted) {
             Self::shutdown_runtime(run).await;
             return Err(e);
         }
@@ -135,7 +137,7 @@ impl Proxy {
 
     /// Binds ports newly wanted, swaps in `table`, then closes ports no longer wanted.
     /// `route_counts` gives, per port, how many routes use it. On a bind failure nothing changes.
-    fn apply_ports(&self, run: &mut Running, table: &Arc<RouteTable>, route_counts: HashMap<u16, usize>) -> Result<()> {
+    fn apply_ports(&self, run: &mut Running, snap: &Arc<Snapshot>, route_counts: HashMap<u16, usize>) -> Result<()> {
         let rt = run.rt.as_ref().ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
         let mut fresh = Vec::new();
         {
@@ -150,7 +152,7 @@ impl Proxy {
                 }
             }
         }
-        self.table.store(table.clone());
+        self.snapshot.store(snap.clone());
         for (port, l) in fresh {
             let stop = CancellationToken::new();
             rt.spawn(listener::accept_loop(l, port, run.shared.clone(), stop.clone()));
@@ -180,12 +182,13 @@ impl Proxy {
     /// Replaces the route table. Before `start()`, only validates (the caller keeps the routes).
     pub async fn update_routes(&self, routes: Vec<Route>) -> Result<()> {
         let mut lc = self.lifecycle.lock().await;
-        let table = Arc::new(RouteTable::new(routes));
         match lc.as_mut() {
-            None => Ok(()),
+            // Not running: validate only (certificates included); start() builds the real snapshot.
+            None => Snapshot::build(routes, &ProxyOptions::default()).map(|_| ()).map_err(EngineError::from),
             Some(run) => {
-                let counts = table.port_counts();
-                self.apply_ports(run, &table, counts)
+                let snap = Arc::new(Snapshot::build(routes, &run.shared.options)?);
+                let counts = snap.table.port_counts();
+                self.apply_ports(run, &snap, counts)
             }
         }
     }
@@ -234,7 +237,7 @@ impl Proxy {
         ProxyStats {
             connections: self.registry.stats(),
             listening_ports: self.listening_ports(),
-            route_count: self.table.load().len(),
+            route_count: self.snapshot.load().table.len(),
         }
     }
 

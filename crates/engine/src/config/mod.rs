@@ -14,6 +14,7 @@ use crate::error::ConfigError;
 use crate::matching::{DomainPattern, HeaderMatcher, IpPattern, PathPattern, PortRange};
 use reader::{each, join, opt, At, ReadResult};
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 impl From<String> for ConfigError {
@@ -91,6 +92,8 @@ pub struct ProxyOptions {
     pub enable_detailed_logging: bool,
     /// Worker threads of the proxy runtime; default: available parallelism.
     pub worker_threads: Option<usize>,
+    /// TLS session resumption (tickets, session cache) for terminated TLS. Default true.
+    pub tls_session_resumption: bool,
 }
 
 impl Default for ProxyOptions {
@@ -121,6 +124,7 @@ impl Default for ProxyOptions {
             enable_half_open: false,
             enable_detailed_logging: false,
             worker_threads: None,
+            tls_session_resumption: true,
         }
     }
 }
@@ -172,6 +176,95 @@ pub struct RouteSecurity {
 pub enum TlsMode {
     /// Route by SNI, relay the encrypted bytes unchanged.
     Passthrough,
+    /// Terminate TLS here; plain HTTP to the backend.
+    Terminate,
+    /// Terminate TLS here; TLS again to the backend (SNI = target host).
+    TerminateAndReencrypt,
+}
+
+impl TlsMode {
+    pub fn terminates(self) -> bool {
+        !matches!(self, TlsMode::Passthrough)
+    }
+}
+
+/// `action.tls`: the mode and, for termination, the route's certificate.
+#[derive(Debug, Clone)]
+pub struct RouteTls {
+    pub mode: TlsMode,
+    /// Parsed and checked (key matches certificate) at validation time.
+    pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+/// A header value with `{variable}` templates (`{domain}`, `{clientIp}`, `{path}`, `{routeName}`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderTemplate {
+    pub name: http::HeaderName,
+    pub value: String,
+}
+
+/// `headers.cors`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cors {
+    pub allow_origin: Vec<String>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub allow_credentials: bool,
+    pub expose_headers: Option<String>,
+    pub max_age: Option<u64>,
+    /// Answer preflight requests (OPTIONS with Access-Control-Request-Method) here. Default true.
+    pub preflight: bool,
+}
+
+/// `advanced.urlRewrite`: a regular expression replacement on the request path (or path+query).
+#[derive(Debug, Clone)]
+pub struct UrlRewrite {
+    pub pattern: regex::Regex,
+    pub target: String,
+    pub global: bool,
+    /// Rewrite only the path, keeping the query string.
+    pub only_path: bool,
+}
+
+/// WebSocket options of a route (`action.websocket`).
+#[derive(Debug, Clone, Default)]
+pub struct WebSocketOptions {
+    pub enabled: bool,
+    /// When non-empty, upgrade requests whose Origin is not listed get 403.
+    pub allowed_origins: Vec<String>,
+    /// Extra headers on the upgrade request to the backend.
+    pub custom_headers: Vec<HeaderTemplate>,
+    /// Replaces the request path of upgrade requests.
+    pub rewrite_path: Option<String>,
+}
+
+/// Options of the HTTP layer (plain HTTP ports and terminated TLS).
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    pub request_headers: Vec<HeaderTemplate>,
+    pub response_headers: Vec<HeaderTemplate>,
+    pub cors: Option<Cors>,
+    /// `action.options.backendProtocol: 'http2'`.
+    pub backend_http2: bool,
+    /// `action.options.rejectUnauthorized` (ours): verify the backend's certificate when
+    /// re-encrypting. Default false, as upstream's HttpProxy did not verify.
+    pub verify_backend: bool,
+    /// `action.options.ca` (ours): extra PEM roots trusted when verifying the backend.
+    pub backend_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub url_rewrite: Option<UrlRewrite>,
+    pub websocket: Option<WebSocketOptions>,
+    /// `advanced.timeout`: how long to wait for the backend's response headers.
+    pub request_timeout: Option<Duration>,
+}
+
+/// `type: 'forward'`.
+#[derive(Debug, Clone)]
+pub struct ForwardAction {
+    pub targets: Vec<Target>,
+    pub tls: Option<RouteTls>,
+    pub http: HttpOptions,
+    /// `loadBalancing.algorithm: 'round-robin'` was asked for: rotate among unconditional targets.
+    pub balance_targets: bool,
 }
 
 /// `target.port`.
@@ -203,7 +296,7 @@ pub struct Target {
 
 #[derive(Debug, Clone)]
 pub enum RouteAction {
-    Forward { targets: Vec<Target>, tls: Option<TlsMode> },
+    Forward(ForwardAction),
 }
 
 /// A validated route.
@@ -301,6 +394,7 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
         set!("allowSessionTicket", allow_session_ticket, |a| a.bool());
         set!("enableHalfOpen", enable_half_open, |a| a.bool());
         set!("enableDetailedLogging", enable_detailed_logging, |a| a.bool());
+        set!("tlsSessionResumption", tls_session_resumption, |a| a.bool());
         if let Some(t) = opt(at, "keepAliveTreatment", |a| match a.str()? {
             "standard" => Ok(KeepAliveTreatment::Standard),
             "extended" => Ok(KeepAliveTreatment::Extended),
@@ -430,11 +524,7 @@ fn parse_route_inner(at: At, index: usize, name: Option<String>) -> CResult<Rout
         Some(s) => parse_security(At::new(s, "security"))?,
         None => RouteSecurity::default(),
     };
-    if truthy(at.get("headers")) {
-        return unsupported("route headers (HTTP header rewriting)");
-    }
-
-    let action = parse_action(a)?;
+    let action = parse_action(a, at.get("headers"))?;
     Ok(Route {
         index,
         id: opt(at, "id", |x| x.str().map(str::to_owned))?,
@@ -541,7 +631,7 @@ fn parse_security(at: At) -> CResult<RouteSecurity> {
     Ok(sec)
 }
 
-fn parse_action(a: At) -> CResult<RouteAction> {
+fn parse_action(a: At, route_headers: Option<&Value>) -> CResult<RouteAction> {
     let ty =
         opt(a, "type", |t| t.str())?.map_or_else(|| Err(ConfigError::Invalid("action.type is required".into())), Ok)?;
     match ty {
@@ -567,30 +657,10 @@ fn parse_action(a: At) -> CResult<RouteAction> {
     if truthy(a.get("sendProxyProtocol")) {
         return unsupported("PROXY protocol (action.sendProxyProtocol)");
     }
-    check_websocket(a, "action.websocket")?;
-    check_load_balancing(a, "action.loadBalancing")?;
-    if truthy(a.get("advanced")) && a.get("advanced").and_then(Value::as_object).is_some_and(|o| !o.is_empty()) {
-        return unsupported("action.advanced");
-    }
-    if let Some(o) = a.get("options") {
-        if o.get("backendProtocol").is_some_and(|v| !v.is_null()) {
-            return unsupported("action.options.backendProtocol (HTTP reverse proxy)");
-        }
-    }
+    let balance_targets = check_load_balancing(a, "action.loadBalancing")?;
     let tls = match a.get("tls") {
         None => None,
-        Some(t) => {
-            let t = At::new(t, "action.tls");
-            t.obj()?;
-            match opt(t, "mode", |m| m.str())? {
-                Some("passthrough") => Some(TlsMode::Passthrough),
-                Some(m @ ("terminate" | "terminate-and-reencrypt")) => {
-                    return unsupported(format!("TLS termination (tls.mode '{m}')"))
-                }
-                Some(other) => return Err(ConfigError::Invalid(format!("action.tls.mode: unknown mode {other:?}"))),
-                None => return Err(ConfigError::Invalid("action.tls.mode is required".into())),
-            }
-        }
+        Some(t) => Some(parse_tls(At::new(t, "action.tls"))?),
     };
     if a.has("socketHandler") {
         return Err(ConfigError::Invalid("action.socketHandler is only valid with type 'socket-handler'".into()));
@@ -612,19 +682,180 @@ fn parse_action(a: At) -> CResult<RouteAction> {
     if targets.is_empty() {
         return Err(ConfigError::Invalid("action.targets: a 'forward' action needs at least one target".into()));
     }
-    Ok(RouteAction::Forward { targets, tls })
+    let http = parse_http_options(a, route_headers)?;
+    let passthrough = tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough);
+    if passthrough && (http.cors.is_some() || !http.request_headers.is_empty() || !http.response_headers.is_empty()) {
+        return Err(ConfigError::Invalid(
+            "headers: header rules need HTTP, which a 'passthrough' route never sees (use 'terminate')".into(),
+        ));
+    }
+    Ok(RouteAction::Forward(ForwardAction { targets, tls, http, balance_targets }))
 }
 
-fn check_websocket(a: At, what: &str) -> CResult<()> {
-    if let Some(w) = a.get("websocket") {
-        if w.get("enabled").and_then(Value::as_bool) != Some(false) {
-            return unsupported(format!("{what} (WebSocket options need the HTTP layer)"));
+fn parse_tls(t: At) -> CResult<RouteTls> {
+    t.obj()?;
+    let mode = match opt(t, "mode", |m| m.str())? {
+        Some("passthrough") => TlsMode::Passthrough,
+        Some("terminate") => TlsMode::Terminate,
+        Some("terminate-and-reencrypt") => TlsMode::TerminateAndReencrypt,
+        Some(other) => return Err(ConfigError::Invalid(format!("action.tls.mode: unknown mode {other:?}"))),
+        None => return Err(ConfigError::Invalid("action.tls.mode is required".into())),
+    };
+    for key in ["versions", "ciphers", "honorCipherOrder", "sessionTimeout", "acme"] {
+        if mode.terminates() && t.has(key) {
+            return unsupported(format!("action.tls.{key}"));
         }
     }
-    Ok(())
+    let certificate = match (mode.terminates(), t.get("certificate")) {
+        (false, _) => None, // passthrough never uses a certificate (upstream ignores one)
+        (true, None) => return unsupported("TLS termination without a certificate (certificate 'auto' / ACME)"),
+        (true, Some(Value::String(s))) if s == "auto" => {
+            return unsupported("certificate 'auto' (ACME)");
+        }
+        (true, Some(c)) => {
+            let c = At::new(c, "action.tls.certificate");
+            c.obj()?;
+            let read = |pem_key: &str, file_key: &str| -> ReadResult<String> {
+                if let Some(pem) = opt(c, pem_key, |x| x.str().map(str::to_owned))? {
+                    return Ok(pem);
+                }
+                match opt(c, file_key, |x| x.str().map(str::to_owned))? {
+                    Some(path) => std::fs::read_to_string(&path)
+                        .map_err(|e| format!("action.tls.certificate.{file_key}: cannot read {path:?}: {e}")),
+                    None => c.err(format!("needs '{pem_key}' (PEM) or '{file_key}'")),
+                }
+            };
+            let cert = read("cert", "certFile")?;
+            let key = read("key", "keyFile")?;
+            let ca = opt(c, "ca", |x| x.str().map(str::to_owned))?;
+            let ck = crate::tls::certified_key(&cert, &key, ca.as_deref())
+                .map_err(|e| ConfigError::Invalid(format!("action.tls.certificate: {e}")))?;
+            Some(ck)
+        }
+    };
+    Ok(RouteTls { mode, certificate })
 }
 
-fn check_load_balancing(a: At, what: &str) -> CResult<()> {
+fn header_templates(at: At) -> ReadResult<Vec<HeaderTemplate>> {
+    let obj = at.obj()?;
+    obj.iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            let p = join(at.path, k);
+            let x = At::new(v, &p);
+            let name = http::HeaderName::from_bytes(k.as_bytes()).or_else(|_| x.err("invalid header name"))?;
+            let value = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return x.expected("a string"),
+            };
+            if value.contains(['\r', '\n']) {
+                return x.err("header values must not contain line breaks");
+            }
+            Ok(HeaderTemplate { name, value })
+        })
+        .collect()
+}
+
+fn parse_http_options(a: At, route_headers: Option<&Value>) -> CResult<HttpOptions> {
+    let mut h = HttpOptions::default();
+    if let Some(rh) = route_headers {
+        let rh = At::new(rh, "headers");
+        rh.obj()?;
+        h.request_headers = opt(rh, "request", header_templates)?.unwrap_or_default();
+        h.response_headers = opt(rh, "response", header_templates)?.unwrap_or_default();
+        h.cors = opt(rh, "cors", |c| -> ReadResult<Option<Cors>> {
+            c.obj()?;
+            if opt(c, "enabled", |x| x.bool())? != Some(true) {
+                return Ok(None);
+            }
+            Ok(Some(Cors {
+                allow_origin: opt(c, "allowOrigin", |x| x.str_or_strs())?
+                    .map(|v| v.into_iter().map(str::to_owned).collect())
+                    .unwrap_or_else(|| vec!["*".to_owned()]),
+                allow_methods: opt(c, "allowMethods", |x| x.str().map(str::to_owned))?
+                    .unwrap_or_else(|| "GET, POST, PUT, DELETE, PATCH, OPTIONS".into()),
+                allow_headers: opt(c, "allowHeaders", |x| x.str().map(str::to_owned))?
+                    .unwrap_or_else(|| "Content-Type, Authorization".into()),
+                allow_credentials: opt(c, "allowCredentials", |x| x.bool())?.unwrap_or(false),
+                expose_headers: opt(c, "exposeHeaders", |x| x.str().map(str::to_owned))?,
+                max_age: opt(c, "maxAge", |x| x.uint())?,
+                preflight: opt(c, "preflight", |x| x.bool())?.unwrap_or(true),
+            }))
+        })?
+        .flatten();
+    }
+    if let Some(adv) = a.get("advanced") {
+        let adv = At::new(adv, "action.advanced");
+        adv.obj()?;
+        for key in ["staticFiles", "testResponse"] {
+            if adv.has(key) {
+                return unsupported(format!("action.advanced.{key}"));
+            }
+        }
+        h.request_timeout = opt(adv, "timeout", ms)?.filter(|d| !d.is_zero());
+        if let Some(extra) = opt(adv, "headers", header_templates)? {
+            h.request_headers.extend(extra);
+        }
+        h.url_rewrite = opt(adv, "urlRewrite", |u| -> ReadResult<UrlRewrite> {
+            u.obj()?;
+            let pattern = opt(u, "pattern", |x| x.str())?.map_or_else(|| u.err("pattern is required"), Ok)?;
+            let target =
+                opt(u, "target", |x| x.str().map(str::to_owned))?.map_or_else(|| u.err("target is required"), Ok)?;
+            let flags = opt(u, "flags", |x| x.str())?.unwrap_or("");
+            let re = regex::RegexBuilder::new(pattern)
+                .case_insensitive(flags.contains('i'))
+                .build()
+                .or_else(|e| u.err(format!("invalid pattern: {e}")))?;
+            // JavaScript replacement syntax `$1` matches the regex crate's, except `$<name>`.
+            Ok(UrlRewrite {
+                pattern: re,
+                target: target.replace("$<", "${").replace('>', "}"),
+                global: flags.contains('g'),
+                only_path: opt(u, "onlyRewritePath", |x| x.bool())?.unwrap_or(false),
+            })
+        })?;
+    }
+    if let Some(o) = a.get("options") {
+        let o = At::new(o, "action.options");
+        match opt(o, "backendProtocol", |x| x.str())? {
+            None | Some("http1") => {}
+            Some("http2") => h.backend_http2 = true,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!("action.options.backendProtocol: unknown protocol {other:?}")))
+            }
+        }
+        h.verify_backend = opt(o, "rejectUnauthorized", |x| x.bool())?.unwrap_or(false);
+        if let Some(ca) = opt(o, "ca", |x| x.str().map(str::to_owned))? {
+            h.backend_ca =
+                crate::tls::parse_certs(&ca).map_err(|e| ConfigError::Invalid(format!("action.options.ca: {e}")))?;
+        }
+    }
+    if let Some(w) = a.get("websocket") {
+        let w = At::new(w, "action.websocket");
+        w.obj()?;
+        for key in ["pingInterval", "pingTimeout", "maxPayloadSize", "authenticateRequest", "enableCompression"] {
+            if w.has(key) {
+                return unsupported(format!("action.websocket.{key}"));
+            }
+        }
+        h.websocket = Some(WebSocketOptions {
+            enabled: opt(w, "enabled", |x| x.bool())?.unwrap_or(true),
+            allowed_origins: opt(w, "allowedOrigins", |x| x.str_or_strs())?
+                .unwrap_or_default()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            custom_headers: opt(w, "customHeaders", header_templates)?.unwrap_or_default(),
+            rewrite_path: opt(w, "rewritePath", |x| x.str().map(str::to_owned))?,
+        });
+    }
+    Ok(h)
+}
+
+/// Returns whether targets should be balanced (round-robin asked for explicitly).
+fn check_load_balancing(a: At, what: &str) -> CResult<bool> {
     if let Some(lb) = a.get("loadBalancing") {
         let algo = lb.get("algorithm").and_then(Value::as_str).unwrap_or("round-robin");
         if algo != "round-robin" {
@@ -633,8 +864,9 @@ fn check_load_balancing(a: At, what: &str) -> CResult<()> {
         if lb.get("healthCheck").is_some_and(|v| !v.is_null()) {
             return unsupported(format!("{what}.healthCheck"));
         }
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 fn parse_target(t: At) -> CResult<Target> {
@@ -674,8 +906,11 @@ fn parse_target(t: At) -> CResult<Target> {
     if truthy(t.get("sendProxyProtocol")) {
         return unsupported(format!("PROXY protocol ({}.sendProxyProtocol)", t.path));
     }
-    check_websocket(t, &format!("{}.websocket", t.path))?;
-    check_load_balancing(t, &format!("{}.loadBalancing", t.path))?;
+    for key in ["websocket", "loadBalancing"] {
+        if truthy(t.get(key)) {
+            return unsupported(format!("{}.{key} (per-target override)", t.path));
+        }
+    }
     let condition = opt(t, "match", |m| -> ReadResult<TargetMatch> {
         m.obj()?;
         Ok(TargetMatch {

@@ -42,10 +42,13 @@ fn unbuilt_features_fail_loudly() {
         (json!({"type": "forward", "target": {"host": "a", "port": {"$fn": 2}}}), "function-valued target port"),
         (
             json!({"type": "forward", "target": {"host": "a", "port": 1}, "tls": {"mode": "terminate", "certificate": "auto"}}),
-            "TLS termination",
+            "certificate 'auto'",
         ),
         (json!({"type": "forward", "target": {"host": "a", "port": 1}, "forwardingEngine": "nftables"}), "nftables"),
-        (json!({"type": "forward", "target": {"host": "a", "port": 1}, "websocket": {"enabled": true}}), "websocket"),
+        (
+            json!({"type": "forward", "target": {"host": "a", "port": 1}, "websocket": {"enabled": true, "pingInterval": 1000}}),
+            "websocket.pingInterval",
+        ),
         (
             json!({"type": "forward", "target": {"host": "a", "port": 1}, "loadBalancing": {"algorithm": "ip-hash"}}),
             "ip-hash",
@@ -87,9 +90,10 @@ fn accepts_upstream_shapes() {
     assert_eq!(r.ports.len(), 2);
     assert_eq!(r.domains[0].as_str(), "example.com");
     assert_eq!(r.security.max_connections, Some(3));
-    let RouteAction::Forward { targets, tls } = &r.action;
-    assert_eq!(targets[0].port, TargetPort::Preserve);
-    assert_eq!(*tls, Some(TlsMode::Passthrough));
+    let RouteAction::Forward(f) = &r.action;
+    assert_eq!(f.targets[0].port, TargetPort::Preserve);
+    assert_eq!(f.tls.as_ref().map(|t| t.mode), Some(TlsMode::Passthrough));
+    assert!(f.balance_targets);
 }
 
 #[test]
@@ -111,4 +115,39 @@ fn options_defaults_and_errors() {
     assert!(e.to_string().contains("defaults.target"), "{e}");
     let (o, _) = parse_options(&json!({"inactivityTimeout": 1e15})).unwrap();
     assert_eq!(o.inactivity_timeout, Duration::from_millis(MAX_TIMER_MS));
+}
+
+#[test]
+fn http_options_and_certificates() {
+    let routes = parse_routes(&json!([
+        {"name": "web", "match": {"ports": 443, "domains": "a.test"},
+         "action": {"type": "forward", "target": {"host": "b", "port": 80},
+                    "options": {"backendProtocol": "http2", "rejectUnauthorized": true},
+                    "advanced": {"timeout": 5000, "urlRewrite": {"pattern": "^/old/(.*)$", "target": "/new/$1"}},
+                    "websocket": {"enabled": true, "allowedOrigins": ["https://a.test"]}},
+         "headers": {"request": {"X-Route": "{routeName}"}, "response": {"X-Served-By": "smartproxy"},
+                     "cors": {"enabled": true, "allowOrigin": "*"}}}
+    ]))
+    .unwrap();
+    let RouteAction::Forward(f) = &routes[0].action;
+    assert!(f.http.backend_http2 && f.http.verify_backend);
+    assert_eq!(f.http.request_headers[0].name.as_str(), "x-route");
+    assert_eq!(f.http.request_timeout, Some(Duration::from_secs(5)));
+    assert_eq!(f.http.cors.as_ref().unwrap().allow_origin, vec!["*"]);
+    assert_eq!(f.http.websocket.as_ref().unwrap().allowed_origins, vec!["https://a.test"]);
+    let rw = f.http.url_rewrite.as_ref().unwrap();
+    assert_eq!(rw.pattern.replace("/old/x", rw.target.as_str()), "/new/x");
+
+    // A certificate that does not parse is refused with the route and field named.
+    let e = parse_routes(
+        &json!([{"name": "t", "match": {"ports": 443}, "action": {"type": "forward", "target": {"host": "b", "port": 1},
+        "tls": {"mode": "terminate", "certificate": {"key": "nope", "cert": "nope"}}}}]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("route \"t\" (index 0): action.tls.certificate: "), "{e}");
+    // Header rules on a passthrough route can never apply.
+    let e = parse_routes(&json!([{"match": {"ports": 443}, "action": {"type": "forward", "target": {"host": "b", "port": 1}, "tls": {"mode": "passthrough"}},
+        "headers": {"request": {"x": "y"}}}]))
+    .unwrap_err();
+    assert!(e.to_string().contains("passthrough"), "{e}");
 }

@@ -7,7 +7,8 @@
 use crate::config::{KeepAliveTreatment, ProxyOptions, RouteSecurity, MAX_TIMER_MS};
 use crate::conn::{ConnGuard, ConnRecord, IpLimits, Registry, Termination};
 use crate::events::{Event, EventSink, LogLevel};
-use crate::matching::{is_authorized, normalize_ip, Early, MatchInput, RouteTable, SelectedTarget};
+use crate::matching::{is_authorized, normalize_ip, Early, MatchInput, SelectedTarget};
+use crate::snapshot::Snapshot;
 use crate::tcp::{self, peek_initial, Initial, PeekError, RelayEnd, SocketOptions};
 use arc_swap::ArcSwap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +22,9 @@ use tokio_util::task::TaskTracker;
 
 /// State shared by all connections of one running proxy.
 pub struct Shared {
-    pub table: Arc<ArcSwap<RouteTable>>,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Backend clients for routes without their own (no certificate verification).
+    pub backends: Arc<crate::http::Backends>,
     pub options: Arc<ProxyOptions>,
     pub registry: Arc<Registry>,
     pub events: Arc<dyn EventSink>,
@@ -35,7 +38,7 @@ impl Shared {
         self.events.emit(Event::Log { level: LogLevel::Warn, message });
     }
 
-    fn debug(&self, f: impl FnOnce() -> String) {
+    pub(crate) fn debug(&self, f: impl FnOnce() -> String) {
         if self.options.enable_detailed_logging {
             self.events.emit(Event::Log { level: LogLevel::Debug, message: f() });
         }
@@ -65,7 +68,7 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: A
         guard.rec.keep_alive.store(true, Ordering::Relaxed);
     }
     let reason = tokio::select! {
-        r = serve(&stream, port, ip, &sh, &mut guard, sockopts) => r,
+        r = serve(stream, port, ip, &sh, &mut guard, sockopts) => r,
         _ = sh.shutdown.cancelled() => Termination::Shutdown,
     };
     guard.end(reason);
@@ -86,18 +89,22 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: A
 }
 
 async fn serve(
-    client: &TcpStream,
+    stream: TcpStream,
     port: u16,
     ip: IpAddr,
-    sh: &Shared,
+    sh: &Arc<Shared>,
     guard: &mut ConnGuard,
     sockopts: SocketOptions,
 ) -> Termination {
-    let table = sh.table.load_full();
+    let client = &stream;
+    let snap = sh.snapshot.load_full();
+    let table = &snap.table;
     let o = &sh.options;
     let mut input = MatchInput { port, client_ip: ip, domain: None, http: None, tls_version: None };
     let initial;
     let mut is_tls = false;
+    let mut first_http_keep_alive = false;
+    let mut looks_http = false;
     let idx = match table.early(port, ip) {
         Early::Route(i) => Some(i),
         Early::NoMatch => None,
@@ -123,15 +130,61 @@ async fn serve(
                     input.tls_version = h.version;
                 }
                 Initial::Http(h) => {
+                    looks_http = true;
+                    first_http_keep_alive = h.keep_alive;
                     input.domain = h.host.as_deref();
                     input.http = Some(h);
                 }
+                Initial::MalformedHttp => looks_http = true,
                 Initial::Other => {}
             }
             table.find(&input)
         }
     };
-    let mut keep_alive = guard.rec.keep_alive.load(Ordering::Relaxed) || input.http.is_some_and(|h| h.keep_alive);
+    let keep_alive = o.keep_alive || first_http_keep_alive;
+    guard.rec.keep_alive.store(keep_alive, Ordering::Relaxed);
+    let (idle, lifetime) = effective_timeouts(o, keep_alive, guard.rec.id);
+
+    // TLS terminated here: the HTTP layer routes each request.
+    if let Some(route) = idx.map(|i| table.route(i)).filter(|r| is_tls && r.tls_mode().is_some_and(|m| m.terminates()))
+    {
+        guard.rec.is_tls.store(true, Ordering::Relaxed);
+        if !check_security(&route.route.security, ip) {
+            return Termination::IpBlocked;
+        }
+        if let Err(t) = guard.set_route(route) {
+            return t;
+        }
+        let Some(cfg) = snap.tls.get(&port).cloned() else {
+            send_alert(client, ALERT_UNRECOGNIZED_NAME).await;
+            return Termination::TlsError;
+        };
+        let tls_version = input.tls_version;
+        let sni = input.domain.map(str::to_owned);
+        let server_ip = local_ip(&stream);
+        let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+        let tls = match tokio::time::timeout(o.initial_data_timeout, accept).await {
+            Err(_) => return Termination::InitialDataTimeout,
+            Ok(Err(_)) => return Termination::TlsError,
+            Ok(Ok(t)) => t,
+        };
+        let cx = http_conn(sh, port, ip, server_ip, true, sni, tls_version, &guard.rec);
+        return with_lifetime(crate::http::serve(tls, cx, idle), &guard.rec, lifetime).await;
+    }
+
+    // Plain HTTP on a port whose routes look at requests: the HTTP layer routes each request.
+    if looks_http && !is_tls && table.port_has_plain_http_routes(port) {
+        if let Some(route) = idx.map(|i| table.route(i)) {
+            if !check_security(&route.route.security, ip) {
+                return Termination::IpBlocked;
+            }
+            if let Err(t) = guard.set_route(route) {
+                return t;
+            }
+        }
+        let cx = http_conn(sh, port, ip, local_ip(&stream), false, None, None, &guard.rec);
+        return with_lifetime(crate::http::serve(stream, cx, idle), &guard.rec, lifetime).await;
+    }
 
     let target = match idx {
         Some(i) => {
@@ -161,8 +214,6 @@ async fn serve(
         },
     };
     guard.rec.set_target(target.host.clone(), target.port);
-    keep_alive |= o.keep_alive;
-    guard.rec.keep_alive.store(keep_alive, Ordering::Relaxed);
 
     let backend =
         match tokio::time::timeout(o.connection_timeout, TcpStream::connect((target.host.as_str(), target.port))).await
@@ -176,8 +227,48 @@ async fn serve(
             Ok(Ok(s)) => s,
         };
     tcp::apply(&backend, sockopts);
-    let (idle, lifetime) = effective_timeouts(o, keep_alive, guard.rec.id);
     relay_timed(client, &backend, &guard.rec, idle, lifetime, o.enable_half_open).await
+}
+
+fn local_ip(s: &TcpStream) -> String {
+    s.local_addr().map(|a| normalize_ip(a.ip()).to_string()).unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn http_conn(
+    sh: &Arc<Shared>,
+    port: u16,
+    ip: IpAddr,
+    server_ip: String,
+    tls: bool,
+    sni: Option<String>,
+    tls_version: Option<crate::detect::TlsVersion>,
+    rec: &Arc<ConnRecord>,
+) -> Arc<crate::http::HttpConn> {
+    Arc::new(crate::http::HttpConn {
+        sh: sh.clone(),
+        port,
+        client_ip: ip,
+        client_ip_text: ip.to_string(),
+        server_ip,
+        tls,
+        sni,
+        tls_version,
+        rec: rec.clone(),
+    })
+}
+
+/// Bounds an HTTP connection by the connection lifetime.
+async fn with_lifetime(
+    serve: impl std::future::Future<Output = Termination>,
+    rec: &ConnRecord,
+    lifetime: Option<Duration>,
+) -> Termination {
+    let life_at = lifetime.map(|l| Instant::from_std(rec.started) + l);
+    tokio::select! {
+        t = serve => t,
+        _ = sleep_opt(life_at) => Termination::MaxLifetime,
+    }
 }
 
 fn check_security(sec: &RouteSecurity, ip: IpAddr) -> bool {

@@ -12,4 +12,4 @@ pub use header::{HeaderMatcher, HeaderValuePattern};
 pub use ip::{is_authorized, normalize_ip, IpPattern};
 pub use path::{PathMatch, PathPattern};
 pub use ports::{ports_contain, PortRange};
-pub use table::{CompiledRoute, Early, MatchInput, RouteTable, SelectedTarget};
+pub use table::{CompiledRoute, Early, HttpView, MatchInput, RouteTable, SelectedTarget};

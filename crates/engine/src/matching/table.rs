@@ -5,7 +5,7 @@
 
 use super::{ports_contain, HeaderMatcher};
 use crate::config::{Route, RouteAction, Target, TargetPort, TlsMode};
-use crate::detect::{HttpHead, TlsVersion};
+use crate::detect::TlsVersion;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -23,20 +23,37 @@ pub struct CompiledRoute {
     cursors: Vec<AtomicUsize>,
     /// Connections currently open on this route (for `security.maxConnections` and metrics).
     pub active: AtomicU32,
+    balance_cursor: AtomicUsize,
 }
 
 impl CompiledRoute {
     fn new(route: Route) -> Self {
+        let RouteAction::Forward(f) = &route.action;
+        let h = &f.http;
+        let http_features = !h.request_headers.is_empty()
+            || !h.response_headers.is_empty()
+            || h.cors.is_some()
+            || h.url_rewrite.is_some()
+            || h.websocket.is_some()
+            || h.request_timeout.is_some();
         let needs_data = !route.domains.is_empty()
             || route.path.is_some()
             || !route.headers.is_empty()
-            || !route.tls_versions.is_empty();
-        let RouteAction::Forward { targets, .. } = &route.action;
-        let mut targets = targets.clone();
+            || !route.tls_versions.is_empty()
+            || http_features
+            || f.tls.as_ref().is_some_and(|t| t.mode.terminates());
+        let mut targets = f.targets.clone();
         // Stable sort: equal priorities keep configuration order.
         targets.sort_by(|a, b| b.priority.total_cmp(&a.priority));
         let cursors = targets.iter().map(|_| AtomicUsize::new(0)).collect();
-        CompiledRoute { route, needs_data, targets, cursors, active: AtomicU32::new(0) }
+        CompiledRoute {
+            route,
+            needs_data,
+            targets,
+            cursors,
+            active: AtomicU32::new(0),
+            balance_cursor: AtomicUsize::new(0),
+        }
     }
 
     /// The route's name, or `route-<index>` for unnamed routes (metrics and logs key).
@@ -45,8 +62,22 @@ impl CompiledRoute {
     }
 
     pub fn tls_mode(&self) -> Option<TlsMode> {
-        let RouteAction::Forward { tls, .. } = &self.route.action;
-        *tls
+        let RouteAction::Forward(f) = &self.route.action;
+        f.tls.as_ref().map(|t| t.mode)
+    }
+
+    pub fn forward(&self) -> &crate::config::ForwardAction {
+        let RouteAction::Forward(f) = &self.route.action;
+        f
+    }
+
+    /// Whether this route can serve requests of an HTTP connection that is TLS-terminated
+    /// (`tls == true`) or plain.
+    pub fn serves_http(&self, tls: bool) -> bool {
+        match self.tls_mode() {
+            None => !tls,
+            Some(m) => tls && m.terminates(),
+        }
     }
 }
 
@@ -61,14 +92,36 @@ pub enum Early {
     NoMatch,
 }
 
+/// What matching needs from an HTTP request: implemented by the sniffed first request head and
+/// by each request the HTTP layer serves.
+pub trait HttpView {
+    fn method(&self) -> &str;
+    /// Path without the query string.
+    fn path(&self) -> &str;
+    /// First value of a header, by lower-case name.
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+impl HttpView for crate::detect::HttpHead {
+    fn method(&self) -> &str {
+        &self.method
+    }
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        crate::detect::HttpHead::header(self, name)
+    }
+}
+
 /// Everything known about a connection when matching.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct MatchInput<'a> {
     pub port: u16,
     pub client_ip: IpAddr,
     /// SNI for TLS, the Host header (without port) for HTTP; normalised.
     pub domain: Option<&'a str>,
-    pub http: Option<&'a HttpHead>,
+    pub http: Option<&'a (dyn HttpView + Sync)>,
     pub tls_version: Option<TlsVersion>,
 }
 
@@ -155,6 +208,31 @@ impl RouteTable {
         self.candidates(input.port).iter().copied().find(|&i| route_matches(&self.routes[i].route, input))
     }
 
+    /// Per-request match inside an HTTP connection: only routes that serve HTTP on this kind of
+    /// connection (terminating routes for TLS, routes without TLS for plain HTTP) are considered.
+    pub fn find_http(&self, input: &MatchInput, tls: bool) -> Option<usize> {
+        self.candidates(input.port)
+            .iter()
+            .copied()
+            .find(|&i| self.routes[i].serves_http(tls) && route_matches(&self.routes[i].route, input))
+    }
+
+    /// Whether plain HTTP on `port` goes through the HTTP layer: some route there without TLS
+    /// needs to look at requests.
+    pub fn port_has_plain_http_routes(&self, port: u16) -> bool {
+        self.candidates(port).iter().any(|&i| self.routes[i].serves_http(false) && self.routes[i].needs_data)
+    }
+
+    /// Routes of a port in priority order (for building per-port TLS configuration).
+    pub fn routes_on_port(&self, port: u16) -> Vec<&Arc<CompiledRoute>> {
+        self.candidates(port).iter().map(|&i| &self.routes[i]).collect()
+    }
+
+    /// Every port with routes.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.by_port.keys().copied()
+    }
+
     /// Chooses the backend of a route for this connection (spec §3.4): the first target, by
     /// priority, whose `match` holds; else the first target without `match`. Hosts rotate.
     pub fn select_target(&self, idx: usize, input: &MatchInput) -> Option<SelectedTarget> {
@@ -163,7 +241,15 @@ impl RouteTable {
             .targets
             .iter()
             .position(|t| t.condition.as_ref().is_some_and(|c| target_condition_holds(c, input)))
-            .or_else(|| r.targets.iter().position(|t| t.condition.is_none()))?;
+            .or_else(|| {
+                if r.forward().balance_targets {
+                    // loadBalancing 'round-robin': rotate among the unconditional targets.
+                    let free: Vec<usize> = (0..r.targets.len()).filter(|&i| r.targets[i].condition.is_none()).collect();
+                    (!free.is_empty()).then(|| free[r.balance_cursor.fetch_add(1, Ordering::Relaxed) % free.len()])
+                } else {
+                    r.targets.iter().position(|t| t.condition.is_none())
+                }
+            })?;
         let t = &r.targets[pick];
         let host = if t.hosts.len() == 1 {
             t.hosts[0].clone()
@@ -183,7 +269,7 @@ fn ip_ok(patterns: &[super::IpPattern], ip: IpAddr) -> bool {
     patterns.is_empty() || patterns.iter().any(|p| p.matches(ip))
 }
 
-fn headers_ok(matchers: &[HeaderMatcher], http: Option<&HttpHead>) -> bool {
+fn headers_ok(matchers: &[HeaderMatcher], http: Option<&(dyn HttpView + Sync)>) -> bool {
     if matchers.is_empty() {
         return true;
     }
@@ -204,7 +290,7 @@ fn route_matches(r: &Route, input: &MatchInput) -> bool {
     }
     if let Some(p) = &r.path {
         match input.http {
-            Some(h) if p.matches(&h.path) => {}
+            Some(h) if p.matches(h.path()) => {}
             _ => return false,
         }
     }
@@ -222,11 +308,11 @@ fn target_condition_holds(c: &crate::config::TargetMatch, input: &MatchInput) ->
         return false;
     }
     if let Some(p) = &c.path {
-        if !input.http.is_some_and(|h| p.matches(&h.path)) {
+        if !input.http.is_some_and(|h| p.matches(h.path())) {
             return false;
         }
     }
-    if !c.methods.is_empty() && !input.http.is_some_and(|h| c.methods.contains(&h.method)) {
+    if !c.methods.is_empty() && !input.http.is_some_and(|h| c.methods.iter().any(|m| m == h.method())) {
         return false;
     }
     headers_ok(&c.headers, input.http)
@@ -236,7 +322,7 @@ fn target_condition_holds(c: &crate::config::TargetMatch, input: &MatchInput) ->
 mod tests {
     use super::*;
     use crate::config::parse_routes;
-    use crate::detect::parse_http_head;
+    use crate::detect::{parse_http_head, HttpHead};
     use serde_json::json;
 
     fn table(v: serde_json::Value) -> RouteTable {
@@ -244,6 +330,7 @@ mod tests {
     }
 
     fn input<'a>(port: u16, domain: Option<&'a str>, http: Option<&'a HttpHead>) -> MatchInput<'a> {
+        let http = http.map(|h| h as &(dyn HttpView + Sync));
         MatchInput { port, client_ip: "10.0.0.1".parse().unwrap(), domain, http, tls_version: None }
     }
 

@@ -23,7 +23,9 @@ pub const MAX_PEEK: usize = crate::detect::tls_max_wire();
 pub enum Initial {
     Tls(ClientHello),
     Http(HttpHead),
-    /// Neither TLS nor HTTP (or an HTTP head that does not parse): routed without domain.
+    /// Starts like HTTP but the head does not parse (the HTTP layer answers 400 where it serves).
+    MalformedHttp,
+    /// Neither TLS nor HTTP: routed without domain.
     Other,
 }
 
@@ -97,7 +99,7 @@ fn classify(b: &[u8]) -> Option<Result<Initial, PeekError>> {
         Sniff::Http => match parse_http_head(b) {
             Ok(h) => Some(Ok(Initial::Http(h))),
             Err(DetectError::Incomplete) => None,
-            Err(_) => Some(Ok(Initial::Other)),
+            Err(_) => Some(Ok(Initial::MalformedHttp)),
         },
     }
 }

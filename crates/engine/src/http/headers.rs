@@ -1,0 +1,230 @@
+//! Header handling of the HTTP layer: hop-by-hop removal, `X-Forwarded-*`, `{variable}`
+//! templates, and CORS.
+
+use crate::config::{Cors, HeaderTemplate};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), plus the legacy
+/// `proxy-connection` and `keep-alive`.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(name);
+    }
+}
+
+/// Values available to header templates.
+pub struct TemplateVars<'a> {
+    pub domain: &'a str,
+    pub client_ip: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub method: &'a str,
+    pub route_name: &'a str,
+    pub route_id: &'a str,
+    pub port: u16,
+    pub connection_id: u64,
+    pub target_host: &'a str,
+    pub target_port: u16,
+}
+
+/// Expands `{domain}`, `{clientIp}`, `{path}`, `{query}`, `{method}`, `{routeName}`,
+/// `{routeId}`, `{port}`, `{connectionId}`, `{timestamp}`, `{targetHost}`, `{targetPort}`.
+/// Unknown `{names}` stay as they are.
+pub fn expand(template: &str, v: &TemplateVars) -> String {
+    if !template.contains('{') {
+        return template.to_owned();
+    }
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let name = &after[..close];
+        let value: Option<String> = match name {
+            "domain" => Some(v.domain.to_owned()),
+            "clientIp" => Some(v.client_ip.to_owned()),
+            "path" => Some(v.path.to_owned()),
+            "query" => Some(v.query.to_owned()),
+            "method" => Some(v.method.to_owned()),
+            "routeName" => Some(v.route_name.to_owned()),
+            "routeId" => Some(v.route_id.to_owned()),
+            "port" => Some(v.port.to_string()),
+            "connectionId" => Some(v.connection_id.to_string()),
+            "targetHost" => Some(v.target_host.to_owned()),
+            "targetPort" => Some(v.target_port.to_string()),
+            "timestamp" => Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        match value {
+            Some(val) => out.push_str(&val),
+            None => {
+                out.push('{');
+                out.push_str(name);
+                out.push('}');
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Sets each templated header (replacing existing values). Values that expand to something a
+/// header cannot hold (line breaks from a path, say) are skipped.
+pub fn apply_templates(h: &mut HeaderMap, templates: &[HeaderTemplate], v: &TemplateVars) {
+    for t in templates {
+        if let Ok(val) = HeaderValue::from_str(&expand(&t.value, v)) {
+            h.insert(t.name.clone(), val);
+        }
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` / `-Host`.
+pub fn add_forwarded(h: &mut HeaderMap, client_ip: &str, https: bool, host: Option<&str>) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let joined = match h.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
+        _ => client_ip.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        h.insert(xff, v);
+    }
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    if let Some(host) = host.and_then(|x| HeaderValue::from_str(x).ok()) {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+}
+
+/// The `Access-Control-Allow-Origin` value for a request's `Origin`, if allowed.
+pub fn cors_origin(c: &Cors, origin: Option<&str>) -> Option<String> {
+    if c.allow_origin.iter().any(|o| o == "*") {
+        // With credentials, browsers reject `*`: echo the origin instead.
+        return Some(match (c.allow_credentials, origin) {
+            (true, Some(o)) => o.to_owned(),
+            _ => "*".to_owned(),
+        });
+    }
+    origin.filter(|o| c.allow_origin.iter().any(|a| a == o)).map(str::to_owned)
+}
+
+/// Adds the CORS response headers for an allowed origin.
+pub fn add_cors(h: &mut HeaderMap, c: &Cors, origin: Option<&str>, preflight: bool) {
+    let Some(allowed) = cors_origin(c, origin) else { return };
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    set(header::ACCESS_CONTROL_ALLOW_ORIGIN, &allowed);
+    if allowed != "*" {
+        set(header::VARY, "Origin");
+    }
+    if c.allow_credentials {
+        set(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
+    }
+    if let Some(e) = &c.expose_headers {
+        set(header::ACCESS_CONTROL_EXPOSE_HEADERS, e);
+    }
+    if preflight {
+        set(header::ACCESS_CONTROL_ALLOW_METHODS, &c.allow_methods);
+        set(header::ACCESS_CONTROL_ALLOW_HEADERS, &c.allow_headers);
+        if let Some(m) = c.max_age {
+            set(header::ACCESS_CONTROL_MAX_AGE, &m.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> TemplateVars<'static> {
+        TemplateVars {
+            domain: "example.com",
+            client_ip: "10.0.0.1",
+            path: "/a",
+            query: "x=1",
+            method: "GET",
+            route_name: "web",
+            route_id: "r1",
+            port: 443,
+            connection_id: 7,
+            target_host: "backend",
+            target_port: 8080,
+        }
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(
+            expand("{domain}|{clientIp}|{path}?{query}|{routeName}|{port}", &vars()),
+            "example.com|10.0.0.1|/a?x=1|web|443"
+        );
+        assert_eq!(expand("{unknown} {domain", &vars()), "{unknown} {domain");
+        assert_eq!(expand("plain", &vars()), "plain");
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(HeaderName::from_static("x-secret"), HeaderValue::from_static("1"));
+        h.insert(HeaderName::from_static("keep-alive"), HeaderValue::from_static("timeout=5"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::HOST));
+    }
+
+    #[test]
+    fn forwarded_and_cors() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        add_forwarded(&mut h, "2.2.2.2", true, Some("example.com"));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        let c = Cors {
+            allow_origin: vec!["https://a.test".into()],
+            allow_methods: "GET".into(),
+            allow_headers: "X".into(),
+            preflight: true,
+            ..Default::default()
+        };
+        let mut r = HeaderMap::new();
+        add_cors(&mut r, &c, Some("https://b.test"), false);
+        assert!(r.is_empty());
+        add_cors(&mut r, &c, Some("https://a.test"), true);
+        assert_eq!(r[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.test");
+        assert_eq!(r[header::ACCESS_CONTROL_ALLOW_METHODS], "GET");
+    }
+}

@@ -1,0 +1,519 @@
+//! The HTTP layer: a hyper server (HTTP/1.1 with keep-alive, HTTP/2) on plain-HTTP ports and on
+//! TLS-terminated connections, routing **per request** (host + path + headers) through the
+//! current route table snapshot, forwarding to pooled backend connections (HTTP/1.1 by default,
+//! HTTP/2 when the route asks), WebSocket upgrades relayed end to end.
+//!
+//! Failures map to status codes in one place ([`error_response`]): no route → 404, blocked
+//! client → 403, backend refused or broken → 502, backend too slow → 504. Bodies stream in both
+//! directions; nothing is buffered whole.
+
+pub mod headers;
+
+use crate::config::{ProxyOptions, TlsMode};
+use crate::conn::{ConnRecord, Termination};
+use crate::detect::TlsVersion;
+use crate::listener::Shared;
+use crate::matching::{is_authorized, normalize_host, CompiledRoute, HttpView, MatchInput, SelectedTarget};
+use bytes::Bytes;
+use headers::TemplateVars;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type BackendClient = Client<Connector, Incoming>;
+
+/// How long a client may take to send a request head (slowloris bound).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle pooled backend connections are closed after this long (hyper's default).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Response-header timeout when the route sets no `advanced.timeout`.
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Pooled clients to backends: HTTP/1.1 and HTTP/2, each able to speak plain HTTP or TLS.
+pub struct Backends {
+    h1: BackendClient,
+    h2: BackendClient,
+    tls_h1: Arc<rustls::ClientConfig>,
+}
+
+impl Backends {
+    /// `verify`: check backend certificates (Mozilla roots + `extra_roots`); else accept any.
+    pub fn new(
+        verify: bool,
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+        o: &ProxyOptions,
+    ) -> Result<Self, String> {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(o.no_delay);
+        tcp.set_connect_timeout(Some(o.connection_timeout));
+        if o.keep_alive {
+            tcp.set_keepalive(Some(o.keep_alive_initial_delay.max(Duration::from_secs(1))));
+        }
+        let tls_h1 = crate::tls::client_config(verify, extra_roots, false)?;
+        // hyper-rustls sets ALPN itself (and asserts the config has none).
+        let mut bare = (*tls_h1).clone();
+        bare.alpn_protocols.clear();
+        let c1 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(bare.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp.clone());
+        let c2 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(bare)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let mut b1 = Client::builder(TokioExecutor::new());
+        b1.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new());
+        let mut b2 = Client::builder(TokioExecutor::new());
+        b2.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).http2_only(true);
+        Ok(Backends { h1: b1.build(c1), h2: b2.build(c2), tls_h1 })
+    }
+}
+
+/// Per-connection facts every request of the connection shares.
+pub struct HttpConn {
+    pub sh: Arc<Shared>,
+    pub port: u16,
+    pub client_ip: IpAddr,
+    pub client_ip_text: String,
+    pub server_ip: String,
+    /// TLS was terminated here.
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub tls_version: Option<TlsVersion>,
+    pub rec: Arc<ConnRecord>,
+}
+
+/// Serves HTTP on `io` until the client leaves, the idle limit passes, or the proxy stops.
+pub async fn serve<IO>(io: IO, cx: Arc<HttpConn>, idle: Option<Duration>) -> Termination
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = Counted { inner: io, rec: cx.rec.clone() };
+    let svc_cx = cx.clone();
+    let svc = hyper::service::service_fn(move |req| handle(req, svc_cx.clone()));
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    b.http2().timer(TokioTimer::new());
+    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut idle_at = idle.map(|d| tokio::time::Instant::now() + d);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return if r.is_ok() { Termination::ClientClosed } else { Termination::ClientError },
+            _ = sleep_opt(idle_at) => {
+                let d = idle.unwrap_or_default();
+                let next = tokio::time::Instant::from_std(cx.rec.last_activity()) + d;
+                if next <= tokio::time::Instant::now() {
+                    return Termination::InactivityTimeout;
+                }
+                idle_at = Some(next);
+            }
+        }
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct ReqView<'a> {
+    method: &'a str,
+    path: &'a str,
+    headers: &'a http::HeaderMap,
+}
+
+impl HttpView for ReqView<'_> {
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// The one place engine failures become HTTP statuses.
+fn error_response(status: StatusCode) -> Response<ProxyBody> {
+    match status {
+        StatusCode::NOT_FOUND => text(status, "Not Found: no route matches this request\n"),
+        StatusCode::FORBIDDEN => text(status, "Forbidden\n"),
+        StatusCode::GATEWAY_TIMEOUT => text(status, "Gateway Timeout: the backend did not answer in time\n"),
+        StatusCode::BAD_REQUEST => text(status, "Bad Request\n"),
+        _ => text(StatusCode::BAD_GATEWAY, "Bad Gateway: the backend could not be reached\n"),
+    }
+}
+
+fn classify_client_error(e: &(dyn std::error::Error + 'static)) -> StatusCode {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(ioe) = err.downcast_ref::<io::Error>() {
+            if ioe.kind() == io::ErrorKind::TimedOut {
+                return StatusCode::GATEWAY_TIMEOUT;
+            }
+        }
+        if err.to_string().contains("timed out") {
+            return StatusCode::GATEWAY_TIMEOUT;
+        }
+        cur = err.source();
+    }
+    StatusCode::BAD_GATEWAY
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Strips the port from a Host value and normalises it.
+fn host_only(h: &str) -> String {
+    let h = h.trim();
+    let h = if let Some(rest) = h.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else if h.matches(':').count() == 1 {
+        h.split(':').next().unwrap_or(h)
+    } else {
+        h
+    };
+    normalize_host(h)
+}
+
+struct Chosen {
+    route: Option<Arc<CompiledRoute>>,
+    target: SelectedTarget,
+    backends: Option<Arc<Backends>>,
+}
+
+async fn handle(req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(handle_inner(req, &cx).await.unwrap_or_else(error_response))
+}
+
+async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Response<ProxyBody>, StatusCode> {
+    let snap = cx.sh.snapshot.load_full();
+    let host_raw: Option<String> = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    let domain = host_raw.as_deref().map(host_only).or_else(|| cx.sni.clone());
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let method = req.method().clone();
+    let chosen = {
+        let view = ReqView { method: req.method().as_str(), path: &path, headers: req.headers() };
+        let input = MatchInput {
+            port: cx.port,
+            client_ip: cx.client_ip,
+            domain: domain.as_deref(),
+            http: Some(&view),
+            tls_version: cx.tls_version,
+        };
+        match snap.table.find_http(&input, cx.tls) {
+            Some(i) => {
+                let route = snap.table.route(i).clone();
+                let sec = &route.route.security;
+                if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
+                    return Err(StatusCode::FORBIDDEN);
+                }
+                let target = snap.table.select_target(i, &input).ok_or(StatusCode::NOT_FOUND)?;
+                Chosen { target, backends: snap.backends.get(i).cloned().flatten(), route: Some(route) }
+            }
+            None => match &cx.sh.options.default_target {
+                Some(d) => {
+                    let sec = &cx.sh.options.default_security;
+                    if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
+                        return Err(StatusCode::FORBIDDEN);
+                    }
+                    Chosen {
+                        route: None,
+                        target: SelectedTarget { host: d.host.clone(), port: d.port },
+                        backends: None,
+                    }
+                }
+                None => return Err(StatusCode::NOT_FOUND),
+            },
+        }
+    };
+    let route = chosen.route.as_deref();
+    let http_opts = route.map(|r| &r.forward().http);
+    let reencrypt = route.and_then(|r| r.tls_mode()) == Some(TlsMode::TerminateAndReencrypt);
+    let route_name = route.map(|r| r.display_name()).unwrap_or_default();
+    let vars = TemplateVars {
+        domain: domain.as_deref().unwrap_or(""),
+        client_ip: &cx.client_ip_text,
+        path: &path,
+        query: query.as_deref().unwrap_or(""),
+        method: method.as_str(),
+        route_name: &route_name,
+        route_id: route.and_then(|r| r.route.id.as_deref()).unwrap_or(""),
+        port: cx.port,
+        connection_id: cx.rec.id,
+        target_host: &chosen.target.host,
+        target_port: chosen.target.port,
+    };
+    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let cors = http_opts.and_then(|h| h.cors.as_ref());
+    if let Some(c) = cors {
+        if c.preflight
+            && req.method() == Method::OPTIONS
+            && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            let mut r = Response::new(Empty::new().map_err(|e| match e {}).boxed());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            headers::add_cors(r.headers_mut(), c, origin.as_deref(), true);
+            return Ok(r);
+        }
+    }
+
+    // Path (and query) after `advanced.urlRewrite`.
+    let mut path_and_query = req.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    if let Some(rw) = http_opts.and_then(|h| h.url_rewrite.as_ref()) {
+        let (subject, tail) = match (rw.only_path, path_and_query.split_once('?')) {
+            (true, Some((p, q))) => (p.to_owned(), format!("?{q}")),
+            _ => (path_and_query.clone(), String::new()),
+        };
+        let replaced = if rw.global {
+            rw.pattern.replace_all(&subject, rw.target.as_str())
+        } else {
+            rw.pattern.replace(&subject, rw.target.as_str())
+        };
+        path_and_query = format!("{replaced}{tail}");
+        if !path_and_query.starts_with('/') {
+            path_and_query.insert(0, '/');
+        }
+    }
+
+    let upgrade = is_upgrade(&req);
+    if upgrade {
+        if let Some(ws) = http_opts.and_then(|h| h.websocket.as_ref()) {
+            if !ws.enabled {
+                return Err(StatusCode::FORBIDDEN);
+            }
+            if !ws.allowed_origins.is_empty()
+                && !origin.as_deref().is_some_and(|o| ws.allowed_origins.iter().any(|a| a == o || a == "*"))
+            {
+                return Err(StatusCode::FORBIDDEN);
+            }
+            if let Some(p) = &ws.rewrite_path {
+                path_and_query = p.clone();
+            }
+        }
+    }
+
+    // Forwarded request headers.
+    let original_host = host_raw.clone();
+    {
+        let h = req.headers_mut();
+        if !upgrade {
+            headers::strip_hop_by_hop(h);
+        }
+        if let Some(host) = original_host.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.insert(header::HOST, host);
+        }
+        headers::add_forwarded(h, &cx.client_ip_text, cx.tls, original_host.as_deref());
+        if let Some(ho) = http_opts {
+            headers::apply_templates(h, &ho.request_headers, &vars);
+            if upgrade {
+                if let Some(ws) = &ho.websocket {
+                    headers::apply_templates(h, &ws.custom_headers, &vars);
+                }
+            }
+        }
+    }
+    let scheme = if reencrypt { "https" } else { "http" };
+    let authority = if chosen.target.host.contains(':') && !chosen.target.host.starts_with('[') {
+        format!("[{}]:{}", chosen.target.host, chosen.target.port)
+    } else {
+        format!("{}:{}", chosen.target.host, chosen.target.port)
+    };
+    let backends = chosen.backends.clone().unwrap_or_else(|| cx.sh.backends.clone());
+
+    let mut resp = if upgrade {
+        upgrade_request(req, cx, &chosen.target, reencrypt.then(|| backends.tls_h1.clone()), &path_and_query).await?
+    } else {
+        let uri: Uri =
+            format!("{scheme}://{authority}{path_and_query}").parse().map_err(|_| StatusCode::BAD_REQUEST)?;
+        *req.uri_mut() = uri;
+        let h2 = http_opts.is_some_and(|h| h.backend_http2);
+        *req.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        let client = if h2 { &backends.h2 } else { &backends.h1 };
+        let wait = http_opts.and_then(|h| h.request_timeout).unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
+        match tokio::time::timeout(wait, client.request(req)).await {
+            Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
+            Ok(Err(e)) => {
+                let status = classify_client_error(&e);
+                cx.sh.debug(|| format!("backend {authority} failed: {e:?}"));
+                return Err(status);
+            }
+            Ok(Ok(r)) => {
+                let (mut parts, body) = r.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+        }
+    };
+    if let Some(ho) = http_opts {
+        headers::apply_templates(resp.headers_mut(), &ho.response_headers, &vars);
+        if let Some(c) = &ho.cors {
+            headers::add_cors(resp.headers_mut(), c, origin.as_deref(), false);
+        }
+    }
+    Ok(resp)
+}
+
+/// Forwards an HTTP/1.1 Upgrade (WebSocket) request over a fresh backend connection and, on
+/// `101`, relays both upgraded streams until either side closes.
+async fn upgrade_request(
+    mut req: Request<Incoming>,
+    cx: &HttpConn,
+    target: &SelectedTarget,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    path_and_query: &str,
+) -> Result<Response<ProxyBody>, StatusCode> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let o = &cx.sh.options;
+    let tcp = match tokio::time::timeout(o.connection_timeout, TcpStream::connect((target.host.as_str(), target.port)))
+        .await
+    {
+        Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
+        Ok(Err(_)) => return Err(StatusCode::BAD_GATEWAY),
+        Ok(Ok(s)) => s,
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut parts, _) = req.into_parts();
+    parts.uri = path_and_query.parse().map_err(|_| StatusCode::BAD_REQUEST)?;
+    parts.version = Version::HTTP_11;
+    let breq = Request::from_parts(parts, Empty::<Bytes>::new());
+    let mut resp = match tls {
+        Some(cfg) => {
+            let name =
+                rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|_| StatusCode::BAD_GATEWAY)?;
+            let stream =
+                tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|_| StatusCode::BAD_GATEWAY)?;
+            exchange(stream, breq).await?
+        }
+        None => exchange(tcp, breq).await?,
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (parts, body) = resp.into_parts();
+        return Ok(Response::from_parts(parts, body.boxed()));
+    }
+    let backend_upgrade = hyper::upgrade::on(&mut resp);
+    let shutdown = cx.sh.shutdown.clone();
+    cx.sh.tracker.spawn(async move {
+        if let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) {
+            let mut c = TokioIo::new(c);
+            let mut b = TokioIo::new(b);
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Ok(Response::from_parts(parts, Empty::new().map_err(|e| match e {}).boxed()))
+}
+
+async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, StatusCode>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|_| StatusCode::BAD_GATEWAY)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    sender.send_request(req).await.map_err(|_| StatusCode::BAD_GATEWAY)
+}
+
+/// Counts bytes both ways on the client connection and notes activity for the idle timer.
+struct Counted<IO> {
+    inner: IO,
+    rec: Arc<ConnRecord>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.rec.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            self.rec.touch();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.rec.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            self.rec.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.rec.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            self.rec.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
