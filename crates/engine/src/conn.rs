@@ -331,7 +331,7 @@ impl ConnGuard {
         } else {
             route.active.fetch_add(1, Ordering::AcqRel);
         }
-        let _ = self.rec.route_name.set(Arc::from(route.display_name()));
+        let _ = self.rec.route_name.set(route.name.clone());
         let _ = self.rec.route.set(route.clone());
         Ok(())
     }

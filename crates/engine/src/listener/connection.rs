@@ -88,6 +88,16 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: A
     });
 }
 
+/// What to do with a connection, decided from port, client and (when needed) its first bytes.
+enum Plan {
+    /// Layer 4: relay bytes to this backend.
+    Relay(SelectedTarget),
+    /// Terminate TLS with this configuration and serve HTTP.
+    Tls { cfg: Arc<rustls::ServerConfig>, sni: Option<String>, version: Option<crate::detect::TlsVersion> },
+    /// Plain HTTP served by the HTTP layer.
+    Http,
+}
+
 async fn serve(
     stream: TcpStream,
     port: u16,
@@ -96,7 +106,56 @@ async fn serve(
     guard: &mut ConnGuard,
     sockopts: SocketOptions,
 ) -> Termination {
-    let client = &stream;
+    let o = &sh.options;
+    // Boxed: detection and matching state is transient and must not size every connection's
+    // long-lived future (idle connections should cost a few hundred bytes of task state).
+    let plan = match Box::pin(plan(&stream, port, ip, sh, guard)).await {
+        Ok(p) => p,
+        Err(t) => return t,
+    };
+    let keep_alive = guard.rec.keep_alive.load(Ordering::Relaxed);
+    let (idle, lifetime) = effective_timeouts(o, keep_alive, guard.rec.id);
+    let target = match plan {
+        Plan::Tls { cfg, sni, version } => {
+            let cx = http_conn(sh, port, ip, local_ip(&stream), true, sni, version, &guard.rec);
+            return Box::pin(with_lifetime(
+                serve_tls(stream, cfg, cx, idle, o.initial_data_timeout),
+                &guard.rec,
+                lifetime,
+            ))
+            .await;
+        }
+        Plan::Http => {
+            let cx = http_conn(sh, port, ip, local_ip(&stream), false, None, None, &guard.rec);
+            return Box::pin(with_lifetime(crate::http::serve(stream, cx, idle), &guard.rec, lifetime)).await;
+        }
+        Plan::Relay(t) => t,
+    };
+    // Boxed: connect state (address resolution, timer) is transient.
+    let connect =
+        Box::pin(tokio::time::timeout(o.connection_timeout, TcpStream::connect((target.host.as_str(), target.port))));
+    let backend = match connect.await {
+        Err(_) => return Termination::ConnectTimeout,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Termination::ConnectRefused,
+        Ok(Err(e)) => {
+            sh.debug(|| format!("connect to {}:{} failed: {e}", target.host, target.port));
+            return Termination::ConnectFailed;
+        }
+        Ok(Ok(s)) => s,
+    };
+    guard.rec.set_target(target.host, target.port);
+    tcp::apply(&backend, sockopts);
+    relay_timed(&stream, &backend, &guard.rec, idle, lifetime, o.enable_half_open).await
+}
+
+/// Detection, matching, security and target selection (spec §6.5, §7.7 steps 3-4).
+async fn plan(
+    client: &TcpStream,
+    port: u16,
+    ip: IpAddr,
+    sh: &Shared,
+    guard: &mut ConnGuard,
+) -> Result<Plan, Termination> {
     let snap = sh.snapshot.load_full();
     let table = &snap.table;
     let o = &sh.options;
@@ -112,11 +171,11 @@ async fn serve(
             let deadline = Instant::now() + o.initial_data_timeout;
             initial = match peek_initial(client, deadline).await {
                 Ok(i) => i,
-                Err(PeekError::Timeout) => return Termination::InitialDataTimeout,
-                Err(PeekError::Closed) => return Termination::ClientClosedEarly,
+                Err(PeekError::Timeout) => return Err(Termination::InitialDataTimeout),
+                Err(PeekError::Closed) => return Err(Termination::ClientClosedEarly),
                 Err(PeekError::MalformedTls) => {
                     send_alert(client, ALERT_DECODE_ERROR).await;
-                    return Termination::TlsError;
+                    return Err(Termination::TlsError);
                 }
             };
             match &initial {
@@ -124,7 +183,7 @@ async fn serve(
                     is_tls = true;
                     if !o.allow_session_ticket && h.sni.is_none() && h.resumption {
                         send_alert(client, ALERT_HANDSHAKE_FAILURE).await;
-                        return Termination::SessionTicketRejected;
+                        return Err(Termination::SessionTicketRejected);
                     }
                     input.domain = h.sni.as_deref();
                     input.tls_version = h.version;
@@ -141,49 +200,32 @@ async fn serve(
             table.find(&input)
         }
     };
-    let keep_alive = o.keep_alive || first_http_keep_alive;
-    guard.rec.keep_alive.store(keep_alive, Ordering::Relaxed);
-    let (idle, lifetime) = effective_timeouts(o, keep_alive, guard.rec.id);
+    guard.rec.keep_alive.store(o.keep_alive || first_http_keep_alive, Ordering::Relaxed);
 
     // TLS terminated here: the HTTP layer routes each request.
     if let Some(route) = idx.map(|i| table.route(i)).filter(|r| is_tls && r.tls_mode().is_some_and(|m| m.terminates()))
     {
         guard.rec.is_tls.store(true, Ordering::Relaxed);
         if !check_security(&route.route.security, ip) {
-            return Termination::IpBlocked;
+            return Err(Termination::IpBlocked);
         }
-        if let Err(t) = guard.set_route(route) {
-            return t;
-        }
+        guard.set_route(route)?;
         let Some(cfg) = snap.tls.get(&port).cloned() else {
             send_alert(client, ALERT_UNRECOGNIZED_NAME).await;
-            return Termination::TlsError;
+            return Err(Termination::TlsError);
         };
-        let tls_version = input.tls_version;
-        let sni = input.domain.map(str::to_owned);
-        let server_ip = local_ip(&stream);
-        let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
-        let tls = match tokio::time::timeout(o.initial_data_timeout, accept).await {
-            Err(_) => return Termination::InitialDataTimeout,
-            Ok(Err(_)) => return Termination::TlsError,
-            Ok(Ok(t)) => t,
-        };
-        let cx = http_conn(sh, port, ip, server_ip, true, sni, tls_version, &guard.rec);
-        return with_lifetime(crate::http::serve(tls, cx, idle), &guard.rec, lifetime).await;
+        return Ok(Plan::Tls { cfg, sni: input.domain.map(str::to_owned), version: input.tls_version });
     }
 
     // Plain HTTP on a port whose routes look at requests: the HTTP layer routes each request.
     if looks_http && !is_tls && table.port_has_plain_http_routes(port) {
         if let Some(route) = idx.map(|i| table.route(i)) {
             if !check_security(&route.route.security, ip) {
-                return Termination::IpBlocked;
+                return Err(Termination::IpBlocked);
             }
-            if let Err(t) = guard.set_route(route) {
-                return t;
-            }
+            guard.set_route(route)?;
         }
-        let cx = http_conn(sh, port, ip, local_ip(&stream), false, None, None, &guard.rec);
-        return with_lifetime(crate::http::serve(stream, cx, idle), &guard.rec, lifetime).await;
+        return Ok(Plan::Http);
     }
 
     let target = match idx {
@@ -192,42 +234,42 @@ async fn serve(
             is_tls |= route.tls_mode().is_some();
             guard.rec.is_tls.store(is_tls, Ordering::Relaxed);
             if !check_security(&route.route.security, ip) {
-                return Termination::IpBlocked;
+                return Err(Termination::IpBlocked);
             }
-            if let Err(t) = guard.set_route(route) {
-                return t;
-            }
+            guard.set_route(route)?;
             match table.select_target(i, &input) {
                 Some(t) => t,
-                None => return refuse_no_route(client, is_tls, input.domain.is_some()).await,
+                None => return Err(refuse_no_route(client, is_tls, input.domain.is_some()).await),
             }
         }
         None => match &o.default_target {
             Some(d) => {
                 guard.rec.is_tls.store(is_tls, Ordering::Relaxed);
                 if !check_security(&o.default_security, ip) {
-                    return Termination::IpBlocked;
+                    return Err(Termination::IpBlocked);
                 }
                 SelectedTarget { host: d.host.clone(), port: d.port }
             }
-            None => return refuse_no_route(client, is_tls, input.domain.is_some()).await,
+            None => return Err(refuse_no_route(client, is_tls, input.domain.is_some()).await),
         },
     };
-    guard.rec.set_target(target.host.clone(), target.port);
+    Ok(Plan::Relay(target))
+}
 
-    let backend =
-        match tokio::time::timeout(o.connection_timeout, TcpStream::connect((target.host.as_str(), target.port))).await
-        {
-            Err(_) => return Termination::ConnectTimeout,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Termination::ConnectRefused,
-            Ok(Err(e)) => {
-                sh.debug(|| format!("connect to {}:{} failed: {e}", target.host, target.port));
-                return Termination::ConnectFailed;
-            }
-            Ok(Ok(s)) => s,
-        };
-    tcp::apply(&backend, sockopts);
-    relay_timed(client, &backend, &guard.rec, idle, lifetime, o.enable_half_open).await
+/// Completes the TLS handshake (bounded by `initialDataTimeout`), then serves HTTP on it.
+async fn serve_tls(
+    stream: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    cx: Arc<crate::http::HttpConn>,
+    idle: Option<Duration>,
+    handshake_timeout: Duration,
+) -> Termination {
+    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+    match tokio::time::timeout(handshake_timeout, accept).await {
+        Err(_) => Termination::InitialDataTimeout,
+        Ok(Err(_)) => Termination::TlsError,
+        Ok(Ok(tls)) => crate::http::serve(tls, cx, idle).await,
+    }
 }
 
 fn local_ip(s: &TcpStream) -> String {
@@ -285,10 +327,13 @@ async fn refuse_no_route(client: &TcpStream, is_tls: bool, had_sni: bool) -> Ter
 /// Consumes what the client sent so far, answers with a fatal TLS alert and sends FIN, so the
 /// client reads the alert instead of a reset.
 async fn send_alert(client: &TcpStream, description: u8) {
-    let mut scratch = [0u8; 4096];
-    while let Ok(n) = client.try_read(&mut scratch) {
-        if n == 0 {
-            break;
+    {
+        // Scoped so that the buffer is not held across the await below (it would size the future).
+        let mut scratch = [0u8; 4096];
+        while let Ok(n) = client.try_read(&mut scratch) {
+            if n == 0 {
+                break;
+            }
         }
     }
     let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description];
@@ -336,9 +381,9 @@ async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-/// The relay under the idle and lifetime timers. The idle timer is lazy: it fires at
-/// `last activity + idle` as last known, then re-arms from the record instead of being reset on
-/// every byte.
+/// The relay under the idle and lifetime limits, with one timer for both. The idle part is
+/// lazy: the timer fires at `last activity + idle` as last known and re-arms from the record,
+/// instead of being reset on every byte.
 async fn relay_timed(
     client: &TcpStream,
     backend: &TcpStream,
@@ -349,10 +394,13 @@ async fn relay_timed(
 ) -> Termination {
     let relay = tcp::relay(client, backend, rec, half_open);
     tokio::pin!(relay);
-    let started = Instant::from_std(rec.started);
-    let life_at = lifetime.map(|l| started + l);
+    let life_at = lifetime.map(|l| Instant::from_std(rec.started) + l);
     let mut idle_at = idle.map(|d| Instant::now() + d);
     loop {
+        let wake = match (idle_at, life_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         tokio::select! {
             end = &mut relay => return match end {
                 RelayEnd::ClientClosed => Termination::ClientClosed,
@@ -360,14 +408,18 @@ async fn relay_timed(
                 RelayEnd::ClientError => Termination::ClientError,
                 RelayEnd::BackendError => Termination::BackendError,
             },
-            _ = sleep_opt(life_at) => return Termination::MaxLifetime,
-            _ = sleep_opt(idle_at) => {
-                let d = idle.unwrap_or_default();
-                let next = Instant::from_std(rec.last_activity()) + d;
-                if next <= Instant::now() {
-                    return Termination::InactivityTimeout;
+            _ = sleep_opt(wake) => {
+                let now = Instant::now();
+                if life_at.is_some_and(|l| l <= now) {
+                    return Termination::MaxLifetime;
                 }
-                idle_at = Some(next);
+                if let Some(d) = idle {
+                    let next = Instant::from_std(rec.last_activity()) + d;
+                    if next <= now {
+                        return Termination::InactivityTimeout;
+                    }
+                    idle_at = Some(next);
+                }
             }
         }
     }

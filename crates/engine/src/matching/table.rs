@@ -23,6 +23,8 @@ pub struct CompiledRoute {
     cursors: Vec<AtomicUsize>,
     /// Connections currently open on this route (for `security.maxConnections` and metrics).
     pub active: AtomicU32,
+    /// [`CompiledRoute::display_name`], shared by the records of its connections.
+    pub name: Arc<str>,
     balance_cursor: AtomicUsize,
 }
 
@@ -46,19 +48,21 @@ impl CompiledRoute {
         // Stable sort: equal priorities keep configuration order.
         targets.sort_by(|a, b| b.priority.total_cmp(&a.priority));
         let cursors = targets.iter().map(|_| AtomicUsize::new(0)).collect();
+        let name = Arc::from(route.name.clone().unwrap_or_else(|| format!("route-{}", route.index)));
         CompiledRoute {
             route,
             needs_data,
             targets,
             cursors,
             active: AtomicU32::new(0),
+            name,
             balance_cursor: AtomicUsize::new(0),
         }
     }
 
     /// The route's name, or `route-<index>` for unnamed routes (metrics and logs key).
     pub fn display_name(&self) -> String {
-        self.route.name.clone().unwrap_or_else(|| format!("route-{}", self.route.index))
+        self.name.to_string()
     }
 
     pub fn tls_mode(&self) -> Option<TlsMode> {

@@ -70,6 +70,7 @@ fn poll_half(
     h: &mut Half,
     rec: &ConnRecord,
     inbound: bool,
+    half_open: bool,
 ) -> Poll<Result<(), Fault>> {
     for _ in 0..BUDGET {
         while h.off < h.pending.len() {
@@ -86,7 +87,9 @@ fn poll_half(
             h.off = 0;
         }
         if h.eof {
-            if !h.shut {
+            // Half-open: pass the FIN on and keep the other direction. Otherwise the relay ends
+            // now and closing the sockets sends the FINs (no extra syscalls per connection).
+            if half_open && !h.shut {
                 shutdown_write(dst);
                 h.shut = true;
             }
@@ -136,7 +139,7 @@ pub async fn relay(client: &TcpStream, backend: &TcpStream, rec: &ConnRecord, ha
     let mut first_close: Option<RelayEnd> = None;
     poll_fn(|cx| {
         if !up.done {
-            match poll_half(cx, client, backend, &mut up, rec, true) {
+            match poll_half(cx, client, backend, &mut up, rec, true, half_open) {
                 Poll::Ready(Ok(())) => {
                     up.done = true;
                     first_close.get_or_insert(RelayEnd::ClientClosed);
@@ -147,7 +150,7 @@ pub async fn relay(client: &TcpStream, backend: &TcpStream, rec: &ConnRecord, ha
             }
         }
         if !down.done {
-            match poll_half(cx, backend, client, &mut down, rec, false) {
+            match poll_half(cx, backend, client, &mut down, rec, false, half_open) {
                 Poll::Ready(Ok(())) => {
                     down.done = true;
                     first_close.get_or_insert(RelayEnd::BackendClosed);
@@ -158,12 +161,8 @@ pub async fn relay(client: &TcpStream, backend: &TcpStream, rec: &ConnRecord, ha
             }
         }
         match first_close {
-            Some(end) if (up.done && down.done) || !half_open => {
-                // Closing both: pass the FIN on in the direction that is still open.
-                shutdown_write(client);
-                shutdown_write(backend);
-                Poll::Ready(end)
-            }
+            // Both sockets are dropped (closed, FIN) by the caller right after.
+            Some(end) if (up.done && down.done) || !half_open => Poll::Ready(end),
             _ => Poll::Pending,
         }
     })
