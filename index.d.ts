@@ -193,7 +193,11 @@ export interface IRouteAction {
   forwardingEngine?: 'node' | 'nftables';
   nftables?: INfTablesOptions;
   advanced?: IRouteAdvanced;
-  options?: { backendProtocol?: 'http1' | 'http2'; [key: string]: any };
+  /**
+   * `backendProtocol` (upstream). smartproxy-native adds `rejectUnauthorized` (verify re-encrypted
+   * backends, default false) and `ca` (extra PEM roots for that check).
+   */
+  options?: { backendProtocol?: 'http1' | 'http2'; rejectUnauthorized?: boolean; ca?: string; [key: string]: any };
   sendProxyProtocol?: boolean;
 }
 
@@ -298,6 +302,8 @@ export interface ISmartProxyOptions {
   enableHalfOpen?: boolean;
   /** smartproxy-native: worker threads of the engine runtime (default: available cores). */
   workerThreads?: number;
+  /** smartproxy-native: TLS session resumption for terminated TLS (default true). */
+  tlsSessionResumption?: boolean;
 }
 
 // ---------------------------------------------------------------------------------------------

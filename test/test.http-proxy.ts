@@ -229,6 +229,65 @@ tap.test('64 MiB upload and download stream through with equal checksums and bou
   expect(peak - rssBefore).toBeLessThan(24 * 1024 * 1024);
 });
 
+
+tap.test("backendProtocol 'http2' speaks HTTP/2 to the backend; HTTP/1.1 backends are pooled", async () => {
+  const h2 = await import('node:http2');
+  const h2server = h2.createServer();
+  h2server.on('stream', (stream, headers) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/json' });
+    stream.end(JSON.stringify({ path: headers[':path'], version: '2' }));
+  });
+  await new Promise<void>((r) => h2server.listen(0, '127.0.0.1', () => r()));
+  const h2port = (h2server.address() as net.AddressInfo).port;
+  let backendConnections = 0;
+  const counted = http.createServer(info('pooled'));
+  counted.on('connection', () => backendConnections++);
+  await new Promise<void>((r) => counted.listen(0, '127.0.0.1', () => r()));
+  servers.push(counted);
+  const p2 = await h.freePort();
+  const px = new SmartProxy({
+    routes: [
+      { name: 'h2', match: { ports: p2, domains: 'h2.test' }, action: { type: 'forward', target: { host: '127.0.0.1', port: h2port }, options: { backendProtocol: 'http2' } } },
+      { name: 'pooled', match: { ports: p2, domains: 'pool.test' }, action: { type: 'forward', target: { host: '127.0.0.1', port: (counted.address() as net.AddressInfo).port } } },
+    ],
+  });
+  await px.start();
+  const r = await request({ port: p2, path: '/over-h2', headers: { host: 'h2.test' } });
+  expect(r.json).toEqual({ path: '/over-h2', version: '2' });
+  // Three client connections, one after another: one pooled backend connection serves them.
+  for (let i = 0; i < 3; i++) {
+    expect((await request({ port: p2, path: `/p${i}`, headers: { host: 'pool.test' }, agent: false })).json.name).toEqual('pooled');
+  }
+  expect(backendConnections).toEqual(1);
+  await px.stop();
+  await new Promise((res) => h2server.close(res));
+});
+
+tap.test('a backend that does not answer in time gives 504', async () => {
+  const silent = await h.tcpServer(() => {}); // accepts, never responds
+  const p3 = await h.freePort();
+  const px = new SmartProxy({
+    routes: [{ name: 'slow', match: { ports: p3, domains: 'slow.test' }, action: { type: 'forward', target: { host: '127.0.0.1', port: silent.port }, advanced: { timeout: 300 } } }],
+  });
+  await px.start();
+  const t0 = Date.now();
+  const r = await request({ port: p3, path: '/', headers: { host: 'slow.test' } });
+  expect(r.status).toEqual(504);
+  expect(Date.now() - t0).toBeLessThan(3000);
+  await px.stop();
+  await silent.close();
+});
+
+tap.test('requests on an open keep-alive connection follow updateRoutes', async () => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  expect((await request({ agent, path: '/', headers: { host: 'app.test' } })).json.name).toEqual('web');
+  const routes = proxy.settings.routes.map((r) => (r.name === 'web' ? { ...r, action: { ...r.action, target: { host: '127.0.0.1', port: apiPort } } } : r));
+  await proxy.updateRoutes(routes);
+  expect((await request({ agent, path: '/', headers: { host: 'app.test' } })).json.name).toEqual('api');
+  expect(Object.values(agent.freeSockets).flat().length + Object.values(agent.sockets).flat().length).toEqual(1);
+  agent.destroy();
+});
+
 tap.test('teardown', async () => {
   await proxy.stop();
   for (const s of servers) await new Promise((r) => s.close(r));

@@ -224,6 +224,30 @@ tap.test('updateRoutes swaps certificates for new connections; an open keep-aliv
   agent.destroy();
 });
 
+
+tap.test('useHttpProxy / httpProxyPort are accepted; termination stays in-process', async () => {
+  const p = await h.freePort();
+  const compat = new SmartProxy({
+    useHttpProxy: [p],
+    httpProxyPort: 8443,
+    routes: [
+      { name: 'compat', match: { ports: p, domains: 'a.example.com' }, action: { type: 'forward', target: { host: '127.0.0.1', port: backendPort }, tls: { mode: 'terminate', certificate: { key: certA.key, cert: certA.cert } } } },
+    ],
+  });
+  await compat.start();
+  expect(compat.getListeningPorts()).toEqual([p]);
+  const status = await new Promise<number>((resolve, reject) => {
+    https
+      .get({ host: '127.0.0.1', port: p, servername: 'a.example.com', headers: { host: 'a.example.com' }, rejectUnauthorized: false, agent: false }, (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      })
+      .on('error', reject);
+  });
+  expect(status).toEqual(200);
+  await compat.stop();
+});
+
 tap.test('teardown', async () => {
   await proxy.stop();
   await new Promise((r) => backend.close(r));
