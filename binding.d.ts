@@ -16,12 +16,16 @@ export declare class NativeProxy {
    * Validates the configuration and starts listening. Rejects with `[ERR_BIND]` naming the port
    * when a port cannot be bound, `[ERR_INVALID_CONFIG]` / `[ERR_NOT_SUPPORTED]` for bad routes.
    */
-  start(optionsJson: string, routesJson: string, onEvent: ((arg: NativeEvent) => void)): Promise<Array<string>>
+  start(optionsJson: string, routesJson: string, onEvent: ((arg: NativeEvent) => void), onSocket: ((arg: NativeSocket) => void), onCall: ((arg: NativeCall) => Promise<any>)): Promise<Array<string>>
   /** Closes listeners and connections and stops the runtime; resolves when its threads are gone. */
   stop(): Promise<void>
   updateRoutes(routesJson: string): Promise<void>
   addListeningPort(port: number): Promise<void>
   removeListeningPort(port: number): Promise<void>
+  /** Takes ownership of a handed-over socket; returns its fd, or -1 when it is gone. */
+  claimSocket(connId: number): number
+  /** Reports that a handed-over socket closed (`failed`: its handler threw or rejected). */
+  socketClosed(connId: number, failed: boolean): void
   getListeningPorts(): Array<number>
   isRunning(): boolean
   /** Connection counters and per-route / per-IP breakdowns, as a plain object. */
@@ -31,11 +35,25 @@ export declare class NativeProxy {
 /** The engine's option defaults, merged into `SmartProxy.settings` by the facade. */
 export declare function engineDefaults(): any
 
+/** A call of a JavaScript function (target host or port) with a route context. */
+export interface NativeCall {
+  fnId: number
+  context: any
+}
+
 /** An engine event as JavaScript sees it. */
 export interface NativeEvent {
   kind: string
   level: string
   message: string
+}
+
+/** A connection handed to a JavaScript socket handler: claim `fd` with `claimSocket(connId)`. */
+export interface NativeSocket {
+  handlerId: number
+  connId: number
+  fd: number
+  context: any
 }
 
 /** Validates options and routes without starting anything; returns warnings. */

@@ -659,6 +659,11 @@ export declare function isValidPort(port: any): boolean;
 export declare function isValidDomain(domain: string): boolean;
 export declare function validateRouteMatch(match: IRouteMatch): { valid: boolean; errors: string[] };
 export declare function validateRouteAction(action: IRouteAction): { valid: boolean; errors: string[] };
+export declare function validateRouteConfig(route: IRouteConfig): { valid: boolean; errors: string[] };
+export declare function validateRoutes(routes: IRouteConfig[]): { valid: boolean; errors: Array<{ index: number; route: IRouteConfig; errors: string[] }> };
+export declare function assertValidRoute(route: IRouteConfig): IRouteConfig;
+export declare function cloneRoute(route: IRouteConfig): IRouteConfig;
+export declare function generateRouteId(route: IRouteConfig): string;
 
 export declare const SocketHandlers: {
   echo: TSocketHandler;

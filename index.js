@@ -6,14 +6,6 @@
 const { SmartProxy } = require('./lib/smart-proxy.js');
 const { notSupported } = require('./lib/errors.js');
 
-function pending(name, why) {
-  const fn = function () {
-    throw notSupported(`${name}${why ? ` (${why})` : ''}`);
-  };
-  Object.defineProperty(fn, 'name', { value: name });
-  return fn;
-}
-
 function pendingClass(name) {
   const C = class {
     constructor() {
@@ -24,49 +16,45 @@ function pendingClass(name) {
   return C;
 }
 
-const HELPER = 'route helper';
-const SocketHandlers = {
-  echo: pending('SocketHandlers.echo', 'socket-handler routes'),
-  proxy: pending('SocketHandlers.proxy', 'socket-handler routes'),
-  lineProtocol: pending('SocketHandlers.lineProtocol', 'socket-handler routes'),
-  httpResponse: pending('SocketHandlers.httpResponse', 'socket-handler routes'),
-  block: pending('SocketHandlers.block', 'socket-handler routes'),
-  httpBlock: pending('SocketHandlers.httpBlock', 'socket-handler routes'),
-  httpRedirect: pending('SocketHandlers.httpRedirect', 'socket-handler routes'),
-  httpServer: pending('SocketHandlers.httpServer', 'socket-handler routes'),
-};
+const { SocketHandlers } = require('./lib/socket-handlers.js');
+const helpers = require('./lib/route-helpers.js');
 
 exports.SmartProxy = SmartProxy;
 exports.SocketHandlers = SocketHandlers;
 
 // Route helpers, validators and utilities (spec §5).
-exports.createHttpRoute = pending('createHttpRoute', HELPER);
-exports.createHttpsTerminateRoute = pending('createHttpsTerminateRoute', HELPER);
-exports.createHttpsPassthroughRoute = pending('createHttpsPassthroughRoute', HELPER);
-exports.createHttpToHttpsRedirect = pending('createHttpToHttpsRedirect', HELPER);
-exports.createCompleteHttpsServer = pending('createCompleteHttpsServer', HELPER);
-exports.createLoadBalancerRoute = pending('createLoadBalancerRoute', HELPER);
-exports.createApiRoute = pending('createApiRoute', HELPER);
-exports.createApiGatewayRoute = pending('createApiGatewayRoute', HELPER);
-exports.createWebSocketRoute = pending('createWebSocketRoute', HELPER);
-exports.createSocketHandlerRoute = pending('createSocketHandlerRoute', HELPER);
-exports.createPortMappingRoute = pending('createPortMappingRoute', HELPER);
-exports.createOffsetPortMappingRoute = pending('createOffsetPortMappingRoute', HELPER);
-exports.createDynamicRoute = pending('createDynamicRoute', HELPER);
-exports.createSmartLoadBalancer = pending('createSmartLoadBalancer', HELPER);
-exports.createNfTablesRoute = pending('createNfTablesRoute', HELPER);
-exports.createNfTablesTerminateRoute = pending('createNfTablesTerminateRoute', HELPER);
-exports.createCompleteNfTablesHttpsServer = pending('createCompleteNfTablesHttpsServer', HELPER);
-exports.addRateLimiting = pending('addRateLimiting', HELPER);
-exports.addBasicAuth = pending('addBasicAuth', HELPER);
-exports.addJwtAuth = pending('addJwtAuth', HELPER);
-exports.mergeRouteConfigs = pending('mergeRouteConfigs', 'route utility');
-exports.routeMatchesDomain = pending('routeMatchesDomain', 'route utility');
-exports.routeMatchesPort = pending('routeMatchesPort', 'route utility');
-exports.isValidPort = pending('isValidPort', 'route validator');
-exports.isValidDomain = pending('isValidDomain', 'route validator');
-exports.validateRouteMatch = pending('validateRouteMatch', 'route validator');
-exports.validateRouteAction = pending('validateRouteAction', 'route validator');
+exports.createHttpRoute = helpers.createHttpRoute;
+exports.createHttpsTerminateRoute = helpers.createHttpsTerminateRoute;
+exports.createHttpsPassthroughRoute = helpers.createHttpsPassthroughRoute;
+exports.createHttpToHttpsRedirect = helpers.createHttpToHttpsRedirect;
+exports.createCompleteHttpsServer = helpers.createCompleteHttpsServer;
+exports.createLoadBalancerRoute = helpers.createLoadBalancerRoute;
+exports.createApiRoute = helpers.createApiRoute;
+exports.createApiGatewayRoute = helpers.createApiGatewayRoute;
+exports.createWebSocketRoute = helpers.createWebSocketRoute;
+exports.createSocketHandlerRoute = helpers.createSocketHandlerRoute;
+exports.createPortMappingRoute = helpers.createPortMappingRoute;
+exports.createOffsetPortMappingRoute = helpers.createOffsetPortMappingRoute;
+exports.createDynamicRoute = helpers.createDynamicRoute;
+exports.createSmartLoadBalancer = helpers.createSmartLoadBalancer;
+exports.createNfTablesRoute = helpers.createNfTablesRoute;
+exports.createNfTablesTerminateRoute = helpers.createNfTablesTerminateRoute;
+exports.createCompleteNfTablesHttpsServer = helpers.createCompleteNfTablesHttpsServer;
+exports.addRateLimiting = helpers.addRateLimiting;
+exports.addBasicAuth = helpers.addBasicAuth;
+exports.addJwtAuth = helpers.addJwtAuth;
+exports.mergeRouteConfigs = helpers.mergeRouteConfigs;
+exports.cloneRoute = helpers.cloneRoute;
+exports.generateRouteId = helpers.generateRouteId;
+exports.routeMatchesDomain = helpers.routeMatchesDomain;
+exports.routeMatchesPort = helpers.routeMatchesPort;
+exports.isValidPort = helpers.isValidPort;
+exports.isValidDomain = helpers.isValidDomain;
+exports.validateRouteMatch = helpers.validateRouteMatch;
+exports.validateRouteAction = helpers.validateRouteAction;
+exports.validateRouteConfig = helpers.validateRouteConfig;
+exports.validateRoutes = helpers.validateRoutes;
+exports.assertValidRoute = helpers.assertValidRoute;
 
 // Upstream's internal components are exported there; here the engine is Rust.
 exports.ConnectionManager = pendingClass('ConnectionManager');

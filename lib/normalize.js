@@ -4,11 +4,11 @@
 // for the JavaScript-in-the-data-path features), RegExps {"$regex": source, "flags": flags},
 // Buffers UTF-8 strings. Nothing is dropped: the engine decides what is valid or unsupported.
 
+// `functions` is a registry: register(fn) -> numeric id (stable for the same function).
 function toWire(value, functions, seen = new Set()) {
   if (value === null || value === undefined) return value;
   if (typeof value === 'function') {
-    functions.push(value);
-    return { $fn: functions.length - 1 };
+    return { $fn: functions.register(value) };
   }
   if (value instanceof RegExp) return { $regex: value.source, flags: value.flags };
   if (Buffer.isBuffer(value)) return value.toString('utf8');
@@ -30,22 +30,67 @@ function toWire(value, functions, seen = new Set()) {
   return out;
 }
 
-/** Serialises routes; returns the JSON text and the functions found in them. */
-function routesToJson(routes) {
+/**
+ * Ids for the JavaScript functions in a configuration. A function keeps its id for as long as a
+ * configuration that uses it is current, so connections that started under an older route
+ * table can still call it while the new one is being installed.
+ */
+class FunctionRegistry {
+  constructor() {
+    this.byFn = new Map();
+    this.byId = new Map();
+    this.next = 1;
+  }
+
+  register(fn) {
+    let id = this.byFn.get(fn);
+    if (id === undefined) {
+      id = this.next++;
+      this.byFn.set(fn, id);
+      this.byId.set(id, fn);
+    }
+    this.used.add(id);
+    return id;
+  }
+
+  /** Starts collecting the functions of one configuration. */
+  begin() {
+    this.used = new Set();
+  }
+
+  /** Keeps only the functions of the current and the previous configuration. */
+  commit() {
+    const keep = new Set([...(this.previous || []), ...this.used]);
+    for (const [id, fn] of this.byId) {
+      if (!keep.has(id)) {
+        this.byId.delete(id);
+        this.byFn.delete(fn);
+      }
+    }
+    this.previous = this.used;
+  }
+
+  get(id) {
+    return this.byId.get(id);
+  }
+}
+
+/** Serialises routes, registering their functions. */
+function routesToJson(routes, registry = new FunctionRegistry()) {
   if (!Array.isArray(routes)) {
     const e = new Error('routes: expected an array of routes');
     e.code = 'ERR_INVALID_CONFIG';
     throw e;
   }
-  const functions = [];
-  return { json: JSON.stringify(toWire(routes, functions)), functions };
+  if (!registry.used) registry.begin();
+  return JSON.stringify(toWire(routes, registry));
 }
 
-/** Serialises the options other than routes. */
-function optionsToJson(settings) {
-  const functions = [];
+/** Serialises the options other than routes (a function there, e.g. certProvisionFunction, is marked). */
+function optionsToJson(settings, registry = new FunctionRegistry()) {
   const { routes, ...rest } = settings;
-  return { json: JSON.stringify(toWire(rest, functions)), functions };
+  if (!registry.used) registry.begin();
+  return JSON.stringify(toWire(rest, registry));
 }
 
 /** Copies `src` without keys whose value is undefined (so they do not hide defaults). */
@@ -55,4 +100,4 @@ function defined(src) {
   return out;
 }
 
-module.exports = { routesToJson, optionsToJson, defined, toWire };
+module.exports = { routesToJson, optionsToJson, defined, toWire, FunctionRegistry };

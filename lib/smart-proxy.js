@@ -4,9 +4,10 @@
 // No connection ever passes through JavaScript here.
 
 const { EventEmitter } = require('node:events');
+const net = require('node:net');
 const native = require('../binding.js');
 const { callNative, notSupported } = require('./errors.js');
-const { routesToJson, optionsToJson, defined } = require('./normalize.js');
+const { routesToJson, optionsToJson, defined, FunctionRegistry } = require('./normalize.js');
 
 const ACME_DEFAULTS = {
   enabled: true,
@@ -42,6 +43,7 @@ class SmartProxy extends EventEmitter {
     /** Options with upstream's defaults filled in. */
     this.settings = settings;
     this._native = new native.NativeProxy();
+    this._functions = new FunctionRegistry();
     // Route updates are serialised, as upstream serialises them with a mutex.
     this._queue = Promise.resolve();
   }
@@ -61,12 +63,63 @@ class SmartProxy extends EventEmitter {
     else console.log(line);
   }
 
+  /**
+   * A connection for a socket-handler route: claim the socket (ownership passes to JS), wrap
+   * it, and run the handler. A throwing or rejecting handler closes that connection only.
+   */
+  _onSocket(ev) {
+    const handler = this._functions.get(ev.handlerId);
+    const fd = this._native.claimSocket(ev.connId);
+    if (fd < 0) return; // expired before we got to it
+    let socket;
+    try {
+      socket = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: false });
+    } catch (err) {
+      console.error(`[smartproxy] cannot wrap the socket of connection ${ev.connId}: ${err.message}`);
+      this._native.socketClosed(ev.connId, true);
+      return;
+    }
+    let failed = false;
+    socket.once('close', () => this._native.socketClosed(ev.connId, failed));
+    socket.on('error', () => {});
+    const routeName = ev.context && ev.context.routeName ? ev.context.routeName : '(unnamed)';
+    const fail = (err) => {
+      failed = true;
+      console.error(`[smartproxy] socket handler of route "${routeName}" failed: ${err && err.stack ? err.stack : err}`);
+      socket.destroy();
+    };
+    if (typeof handler !== 'function') return fail(new Error('socket handler is gone'));
+    try {
+      const r = handler(socket, ev.context);
+      if (r && typeof r.then === 'function') r.then(undefined, fail);
+    } catch (err) {
+      fail(err);
+    }
+  }
+
+  /** A target host/port function: called with the route context; its result may be a Promise. */
+  _onCall(ev) {
+    const fn = this._functions.get(ev.fnId);
+    if (typeof fn !== 'function') return Promise.reject(new Error(`function ${ev.fnId} is gone`));
+    return new Promise((resolve) => resolve(fn(ev.context)));
+  }
+
   /** Validates the routes and listens on every port they use. */
   start() {
     return this._enqueue(async () => {
-      const opts = optionsToJson(this.settings);
-      const routes = routesToJson(this.settings.routes);
-      const warnings = await callNative(() => this._native.start(opts.json, routes.json, (ev) => this._onEvent(ev)));
+      this._functions.begin();
+      const opts = optionsToJson(this.settings, this._functions);
+      const routes = routesToJson(this.settings.routes, this._functions);
+      const warnings = await callNative(() =>
+        this._native.start(
+          opts,
+          routes,
+          (ev) => this._onEvent(ev),
+          (ev) => this._onSocket(ev),
+          (ev) => this._onCall(ev),
+        ),
+      );
+      this._functions.commit();
       for (const w of warnings) console.warn(`[smartproxy] ${w}`);
     });
   }
@@ -79,8 +132,10 @@ class SmartProxy extends EventEmitter {
   /** Replaces all routes atomically: new ports are bound, unused ones released, live connections kept. */
   updateRoutes(newRoutes) {
     return this._enqueue(async () => {
-      const routes = routesToJson(newRoutes);
-      await callNative(() => this._native.updateRoutes(routes.json));
+      this._functions.begin();
+      const routes = routesToJson(newRoutes, this._functions);
+      await callNative(() => this._native.updateRoutes(routes));
+      this._functions.commit();
       this.settings.routes = newRoutes;
     });
   }

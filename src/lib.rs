@@ -6,6 +6,7 @@
 //! the message `[CODE] text`; the facade moves `CODE` onto `error.code`.
 
 use engine::config::{parse_options, parse_routes, ProxyOptions};
+use engine::js::{CallFuture, JsBridge};
 use engine::{Event, EventSink, Proxy};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -21,7 +22,46 @@ pub struct NativeEvent {
     pub message: String,
 }
 
+/// A connection handed to a JavaScript socket handler: claim `fd` with `claimSocket(connId)`.
+#[napi(object)]
+pub struct NativeSocket {
+    pub handler_id: u32,
+    pub conn_id: i64,
+    pub fd: i32,
+    pub context: Value,
+}
+
+/// A call of a JavaScript function (target host or port) with a route context.
+#[napi(object)]
+pub struct NativeCall {
+    pub fn_id: u32,
+    pub context: Value,
+}
+
 type EventFn = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>;
+type SocketFn = ThreadsafeFunction<NativeSocket, (), NativeSocket, Status, false>;
+type CallFn = ThreadsafeFunction<NativeCall, Promise<Value>, NativeCall, Status, false>;
+
+/// The engine's JavaScript bridge over two threadsafe functions (released by `stop()`).
+struct Bridge {
+    socket: SocketFn,
+    call: Arc<CallFn>,
+}
+
+impl JsBridge for Bridge {
+    fn socket(&self, handler: u32, conn_id: u64, fd: i32, context: Value) -> bool {
+        let ev = NativeSocket { handler_id: handler, conn_id: conn_id as i64, fd, context };
+        self.socket.call(ev, ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
+    }
+
+    fn call(&self, function: u32, context: Value) -> CallFuture {
+        let f = self.call.clone();
+        Box::pin(async move {
+            let promise = f.call_async(NativeCall { fn_id: function, context }).await.map_err(|e| e.reason.clone())?;
+            promise.await.map_err(|e| e.reason.clone())
+        })
+    }
+}
 
 /// Forwards engine events to the JavaScript callback given to `start()`. Holding the
 /// threadsafe function also keeps Node's event loop alive while the proxy runs, as a listening
@@ -107,11 +147,14 @@ impl NativeProxy {
         options_json: String,
         routes_json: String,
         on_event: ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>,
+        on_socket: ThreadsafeFunction<NativeSocket, (), NativeSocket, Status, false>,
+        on_call: ThreadsafeFunction<NativeCall, Promise<Value>, NativeCall, Status, false>,
     ) -> Result<Vec<String>> {
         let (options, warnings) = parse_options(&parse_json(&options_json, "options")?).map_err(config_err)?;
         let routes = routes_from(&routes_json)?;
         self.sink.set(Some(on_event));
-        let r = self.inner.start(options, routes).await;
+        let bridge: Arc<dyn JsBridge> = Arc::new(Bridge { socket: on_socket, call: Arc::new(on_call) });
+        let r = self.inner.start(options, routes, Some(bridge)).await;
         if r.is_err() && !self.inner.is_running() {
             self.sink.set(None);
         }
@@ -141,6 +184,18 @@ impl NativeProxy {
     #[napi]
     pub async fn remove_listening_port(&self, port: u32) -> Result<()> {
         self.inner.remove_port(port_arg(port)?).await.map_err(engine_err)
+    }
+
+    /// Takes ownership of a handed-over socket; returns its fd, or -1 when it is gone.
+    #[napi]
+    pub fn claim_socket(&self, conn_id: i64) -> i32 {
+        self.inner.claim_socket(conn_id as u64).unwrap_or(-1)
+    }
+
+    /// Reports that a handed-over socket closed (`failed`: its handler threw or rejected).
+    #[napi]
+    pub fn socket_closed(&self, conn_id: i64, failed: bool) {
+        self.inner.socket_closed(conn_id as u64, failed);
     }
 
     #[napi]

@@ -50,12 +50,12 @@ tap.test('features not built yet fail loudly at start() and updateRoutes()', asy
   expect(err.message).toEqual("not supported yet: certificate 'auto' (ACME) (route \"https\" (index 0))");
   const p = new SmartProxy({ routes: [h.forward('r', port, one.port)] });
   await p.start();
-  const sh = { name: 'js', match: { ports: port }, action: { type: 'socket-handler' as const, socketHandler: () => {} } };
-  const err2 = await p.updateRoutes([sh]).then(() => null, (e) => e);
-  expect(err2.message).toMatch(/^not supported yet: socket-handler/);
-  const fn = { name: 'fn', match: { ports: port }, action: { type: 'forward' as const, target: { host: () => '127.0.0.1', port: 1 } } };
-  const err3 = await p.updateRoutes([fn]).then(() => null, (e) => e);
-  expect(err3.message).toMatch(/^not supported yet: function-valued target host/);
+  const oauth = { name: 'oauth', match: { ports: port }, action: { type: 'forward' as const, target: { host: 'x', port: 1 } }, security: { authentication: { type: 'oauth' as const } } };
+  const err2 = await p.updateRoutes([oauth]).then(() => null, (e) => e);
+  expect(err2.message).toEqual("not supported yet: security.authentication type 'oauth' (route \"oauth\" (index 0))");
+  const nft = { name: 'nft', match: { ports: port }, action: { type: 'forward' as const, target: { host: 'x', port: 1 }, forwardingEngine: 'nftables' as const } };
+  const err3 = await p.updateRoutes([nft]).then(() => null, (e) => e);
+  expect(err3.message).toMatch(/^not supported yet: forwardingEngine 'nftables'/);
   // A refused update changes nothing.
   expect(p.getListeningPorts()).toEqual([port]);
   const c = await h.connect(port);

@@ -88,6 +88,36 @@ tap.test('closing the backend side closes the client', async () => {
   await closed;
 });
 
+
+tap.test('pingInterval: the proxy pings clients; answered pings keep them, pongs stay off the backend', async () => {
+  const p = await h.freePort();
+  let backendPongs = 0;
+  wss.on('connection', (ws) => ws.on('pong', () => backendPongs++));
+  const px = new SmartProxy({
+    routes: [{ name: 'ping', match: { ports: p, domains: 'ws.example.com' }, action: { type: 'forward', target: { host: '127.0.0.1', port: backendPort }, websocket: { enabled: true, pingInterval: 150, pingTimeout: 300, maxPayloadSize: 4096 } } }],
+  });
+  await px.start();
+  // A well-behaved client (ws answers pings automatically).
+  const { ws } = await open(`ws://127.0.0.1:${p}/k`, { headers: { host: 'ws.example.com' } });
+  let pings = 0;
+  ws.on('ping', () => pings++);
+  await h.sleep(800);
+  expect(pings).toBeGreaterThanOrEqual(3);
+  expect(ws.readyState).toEqual(WebSocket.OPEN);
+  expect((await roundTrip(ws, 'still here')).toString()).toEqual('still here');
+  expect(backendPongs).toEqual(0);
+  // maxPayloadSize: a 5000-byte message closes with 1009.
+  const closed = new Promise<number>((r) => ws.once('close', (code) => r(code)));
+  ws.send(Buffer.alloc(5000, 1));
+  expect(await closed).toEqual(1009);
+  // A client that never answers pings is disconnected.
+  const mute = await open(`ws://127.0.0.1:${p}/m`, { headers: { host: 'ws.example.com' }, autoPong: false } as any);
+  const t0 = Date.now();
+  await new Promise<void>((r) => mute.ws.once('close', () => r()));
+  expect(Date.now() - t0).toBeLessThan(2000);
+  await px.stop();
+});
+
 tap.test('teardown', async () => {
   await proxy.stop();
   wss.close();

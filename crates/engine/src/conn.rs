@@ -38,10 +38,18 @@ pub enum Termination {
     InactivityTimeout,
     MaxLifetime,
     Shutdown,
+    /// A target host/port function threw, rejected, timed out or returned the wrong type.
+    TargetFunctionError,
+    /// A socket handler threw or rejected (or never took its socket).
+    HandlerError,
+    /// The route authenticates or rate-limits HTTP requests, but the connection is not HTTP.
+    HttpRequired,
+    /// Internal: the connection now belongs to a JavaScript socket handler (not a termination).
+    HandedOff,
 }
 
 impl Termination {
-    pub const ALL: [Termination; 19] = [
+    pub const ALL: [Termination; 23] = [
         Termination::ClientClosed,
         Termination::BackendClosed,
         Termination::ClientError,
@@ -61,6 +69,10 @@ impl Termination {
         Termination::InactivityTimeout,
         Termination::MaxLifetime,
         Termination::Shutdown,
+        Termination::TargetFunctionError,
+        Termination::HandlerError,
+        Termination::HttpRequired,
+        Termination::HandedOff,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +96,10 @@ impl Termination {
             Termination::InactivityTimeout => "inactivity_timeout",
             Termination::MaxLifetime => "max_lifetime",
             Termination::Shutdown => "shutdown",
+            Termination::TargetFunctionError => "target_function_error",
+            Termination::HandlerError => "socket_handler_error",
+            Termination::HttpRequired => "http_required",
+            Termination::HandedOff => "handed_off",
         }
     }
 

@@ -12,6 +12,7 @@ pub mod detect;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod js;
 pub mod listener;
 pub mod matching;
 pub mod proxy;

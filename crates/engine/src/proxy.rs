@@ -68,6 +68,7 @@ pub struct ProxyStats {
 /// A proxy instance. Cheap to create; binds nothing until [`Proxy::start`].
 pub struct Proxy {
     events: Arc<dyn EventSink>,
+    handoffs: Arc<crate::js::Handoffs>,
     registry: Arc<Registry>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     lifecycle: tokio::sync::Mutex<Option<Running>>,
@@ -79,6 +80,7 @@ impl Proxy {
     pub fn new(events: Arc<dyn EventSink>) -> Self {
         Proxy {
             events,
+            handoffs: Arc::default(),
             registry: Arc::new(Registry::default()),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             lifecycle: tokio::sync::Mutex::new(None),
@@ -91,7 +93,12 @@ impl Proxy {
     }
 
     /// Starts listening on every port of `routes`. Fails (binding nothing) if any port cannot be bound.
-    pub async fn start(&self, options: ProxyOptions, routes: Vec<Route>) -> Result<()> {
+    pub async fn start(
+        &self,
+        options: ProxyOptions,
+        routes: Vec<Route>,
+        bridge: Option<Arc<dyn crate::js::JsBridge>>,
+    ) -> Result<()> {
         let mut lc = self.lifecycle.lock().await;
         if lc.is_some() {
             return Err(EngineError::AlreadyRunning);
@@ -105,6 +112,8 @@ impl Proxy {
         let backends = crate::http::Backends::new(false, &[], &options).map_err(EngineError::Internal)?;
         let shared = Arc::new(Shared {
             snapshot: self.snapshot.clone(),
+            bridge,
+            handoffs: self.handoffs.clone(),
             backends: Arc::new(backends),
             options: Arc::new(options),
             registry: self.registry.clone(),
@@ -223,6 +232,16 @@ impl Proxy {
         }
         self.close_unwanted(run);
         Ok(())
+    }
+
+    /// JavaScript takes ownership of a handed-over socket (see [`crate::js::Handoffs`]).
+    pub fn claim_socket(&self, conn_id: u64) -> Option<i32> {
+        self.handoffs.claim(conn_id)
+    }
+
+    /// JavaScript closed a handed-over socket.
+    pub fn socket_closed(&self, conn_id: u64, failed: bool) {
+        self.handoffs.closed(conn_id, failed);
     }
 
     pub fn listening_ports(&self) -> Vec<u16> {

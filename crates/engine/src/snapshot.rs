@@ -17,11 +17,13 @@ pub struct Snapshot {
     pub tls: HashMap<u16, Arc<rustls::ServerConfig>>,
     /// Per route (table order): its own backend clients when it verifies backend certificates.
     pub backends: Vec<Option<Arc<Backends>>>,
+    /// Per route (table order): the rate limiter of routes with `security.rateLimit`.
+    pub limiters: Vec<Option<Arc<crate::http::RateLimiter>>>,
 }
 
 impl Snapshot {
     pub fn empty() -> Self {
-        Snapshot { table: RouteTable::default(), tls: HashMap::new(), backends: Vec::new() }
+        Snapshot { table: RouteTable::default(), tls: HashMap::new(), backends: Vec::new(), limiters: Vec::new() }
     }
 
     pub fn build(routes: Vec<Route>, o: &ProxyOptions) -> Result<Self, ConfigError> {
@@ -49,6 +51,11 @@ impl Snapshot {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Snapshot { table, tls, backends })
+        let limiters = table
+            .routes()
+            .iter()
+            .map(|r| r.route.security.rate_limit.as_ref().map(|_| Arc::new(crate::http::RateLimiter::default())))
+            .collect();
+        Ok(Snapshot { table, tls, backends, limiters })
     }
 }

@@ -162,13 +162,67 @@ impl ProxyOptions {
     }
 }
 
-/// Route-level (or `defaults.security`) access rules enforced at layer 4.
+/// Route-level (or `defaults.security`) access rules. IP lists and `maxConnections` apply at
+/// layer 4; authentication and rate limiting need HTTP and apply per request.
 #[derive(Debug, Clone, Default)]
 pub struct RouteSecurity {
     pub ip_allow_list: Vec<IpPattern>,
     pub ip_block_list: Vec<IpPattern>,
     /// Concurrent connections on this route.
     pub max_connections: Option<u32>,
+    pub basic_auth: Option<BasicAuth>,
+    pub jwt_auth: Option<JwtAuth>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl RouteSecurity {
+    /// Whether these rules can only be enforced on HTTP requests.
+    pub fn needs_http(&self) -> bool {
+        self.basic_auth.is_some() || self.jwt_auth.is_some() || self.rate_limit.is_some()
+    }
+}
+
+/// `security.basicAuth` (or `authentication: { type: 'basic' }`).
+#[derive(Debug, Clone)]
+pub struct BasicAuth {
+    pub users: Vec<(String, String)>,
+    pub realm: String,
+    pub exclude_paths: Vec<PathPattern>,
+}
+
+/// JWT signature algorithms verified (HMAC; the shared secret is configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Hs384,
+    Hs512,
+}
+
+/// `security.jwtAuth` (or `authentication: { type: 'jwt' }`).
+#[derive(Debug, Clone)]
+pub struct JwtAuth {
+    pub secret: String,
+    pub algorithm: JwtAlgorithm,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub exclude_paths: Vec<PathPattern>,
+}
+
+/// What `security.rateLimit` counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    Ip,
+    Path,
+    Header(String),
+}
+
+/// `security.rateLimit`: at most `max_requests` per `window` per key (sliding window).
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub max_requests: u32,
+    pub window: Duration,
+    pub key: RateLimitKey,
+    pub message: String,
 }
 
 /// TLS handling of a forward route.
@@ -236,6 +290,11 @@ pub struct WebSocketOptions {
     pub custom_headers: Vec<HeaderTemplate>,
     /// Replaces the request path of upgrade requests.
     pub rewrite_path: Option<String>,
+    /// Ping the client this often; close when no pong comes within `ping_timeout`.
+    pub ping_interval: Option<Duration>,
+    pub ping_timeout: Option<Duration>,
+    /// Largest client message (all fragments), in bytes; larger ones close with 1009.
+    pub max_payload: Option<u64>,
 }
 
 /// Options of the HTTP layer (plain HTTP ports and terminated TLS).
@@ -257,9 +316,12 @@ pub struct HttpOptions {
     pub request_timeout: Option<Duration>,
 }
 
-/// `type: 'forward'`.
+/// The action of a route: `type: 'forward'` (targets), or `type: 'socket-handler'`
+/// (`socket_handler` set, no targets).
 #[derive(Debug, Clone)]
 pub struct ForwardAction {
+    /// `action.socketHandler`: the JavaScript handler that receives the connection's socket.
+    pub socket_handler: Option<u32>,
     pub targets: Vec<Target>,
     pub tls: Option<RouteTls>,
     pub http: HttpOptions,
@@ -273,6 +335,8 @@ pub enum TargetPort {
     Fixed(u16),
     /// Use the port the connection arrived on.
     Preserve,
+    /// A JavaScript function of the route context (its id in the facade's registry).
+    Function(u32),
 }
 
 /// A per-target sub-match (`targets[].match`, 20+).
@@ -288,7 +352,10 @@ pub struct TargetMatch {
 /// One backend destination; several hosts are used round-robin.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// Static hosts (round-robin); empty when `host_fn` is set.
     pub hosts: Vec<String>,
+    /// `host` as a JavaScript function of the route context.
+    pub host_fn: Option<u32>,
     pub port: TargetPort,
     pub priority: f64,
     pub condition: Option<TargetMatch>,
@@ -525,6 +592,12 @@ fn parse_route_inner(at: At, index: usize, name: Option<String>) -> CResult<Rout
         None => RouteSecurity::default(),
     };
     let action = parse_action(a, at.get("headers"))?;
+    let RouteAction::Forward(f) = &action;
+    if security.needs_http() && f.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough) {
+        return Err(ConfigError::Invalid(
+            "security: authentication and rate limiting need HTTP, which a 'passthrough' route never sees".into(),
+        ));
+    }
     Ok(Route {
         index,
         id: opt(at, "id", |x| x.str().map(str::to_owned))?,
@@ -608,19 +681,114 @@ fn parse_security(at: At) -> CResult<RouteSecurity> {
         max_connections: opt(at, "maxConnections", |x| x.uint())?
             .filter(|n| *n > 0)
             .map(|n| n.min(u32::MAX as u64) as u32),
+        ..Default::default()
     };
-    for (key, what) in [
-        ("authentication", "security.authentication"),
-        ("rateLimit", "security.rateLimit (HTTP rate limiting)"),
-        ("basicAuth", "security.basicAuth"),
-        ("jwtAuth", "security.jwtAuth"),
-    ] {
-        if let Some(v) = at.get(key) {
-            // `{ enabled: false }` asks for nothing.
-            if v.get("enabled").and_then(Value::as_bool) != Some(false) {
-                return unsupported(what);
-            }
+    let mut sec = sec;
+    let enabled = |v: &Value| v.get("enabled").and_then(Value::as_bool) != Some(false);
+    let exclude = |x: At| -> ReadResult<Vec<PathPattern>> {
+        Ok(opt(x, "excludePaths", |e| {
+            e.str_or_strs()?.iter().map(|p| PathPattern::parse(p).or_else(|m| e.err(m))).collect::<ReadResult<Vec<_>>>()
+        })?
+        .unwrap_or_default())
+    };
+    let users = |x: At, key: &str| -> ReadResult<Vec<(String, String)>> {
+        let list = opt(x, key, |u| {
+            each(u, |e| {
+                let name = opt(e, "username", |n| n.str().map(str::to_owned))?
+                    .map_or_else(|| e.err("username is required"), Ok)?;
+                let pass = opt(e, "password", |n| n.str().map(str::to_owned))?
+                    .map_or_else(|| e.err("password is required"), Ok)?;
+                Ok((name, pass))
+            })
+        })?
+        .unwrap_or_default();
+        if list.is_empty() {
+            return x.err(format!("{key}: at least one user is required"));
         }
+        Ok(list)
+    };
+    let algorithm = |x: At| -> ReadResult<JwtAlgorithm> {
+        match opt(x, "algorithm", |a| a.str())?.unwrap_or("HS256") {
+            "HS256" => Ok(JwtAlgorithm::Hs256),
+            "HS384" => Ok(JwtAlgorithm::Hs384),
+            "HS512" => Ok(JwtAlgorithm::Hs512),
+            other => x.err(format!("algorithm {other:?} is not supported (HS256, HS384, HS512)")),
+        }
+    };
+    if let Some(b) = at.get("basicAuth").filter(|v| enabled(v)) {
+        let b = At::new(b, "security.basicAuth");
+        sec.basic_auth = Some(BasicAuth {
+            users: users(b, "users")?,
+            realm: opt(b, "realm", |r| r.str().map(str::to_owned))?.unwrap_or_else(|| "Restricted".into()),
+            exclude_paths: exclude(b)?,
+        });
+    }
+    if let Some(j) = at.get("jwtAuth").filter(|v| enabled(v)) {
+        let j = At::new(j, "security.jwtAuth");
+        let secret =
+            opt(j, "secret", |x| x.str().map(str::to_owned))?.map_or_else(|| j.err("secret is required"), Ok)?;
+        sec.jwt_auth = Some(JwtAuth {
+            secret,
+            algorithm: algorithm(j)?,
+            issuer: opt(j, "issuer", |x| x.str().map(str::to_owned))?,
+            audience: opt(j, "audience", |x| x.str().map(str::to_owned))?,
+            exclude_paths: exclude(j)?,
+        });
+    }
+    if let Some(a) = at.get("authentication") {
+        let a = At::new(a, "security.authentication");
+        match opt(a, "type", |t| t.str())? {
+            Some("basic") => {
+                sec.basic_auth = Some(BasicAuth {
+                    users: users(a, "credentials")?,
+                    realm: opt(a, "realm", |r| r.str().map(str::to_owned))?.unwrap_or_else(|| "Restricted".into()),
+                    exclude_paths: Vec::new(),
+                })
+            }
+            Some("jwt") => {
+                let secret = opt(a, "jwtSecret", |x| x.str().map(str::to_owned))?
+                    .map_or_else(|| a.err("jwtSecret is required"), Ok)?;
+                sec.jwt_auth = Some(JwtAuth {
+                    secret,
+                    algorithm: JwtAlgorithm::Hs256,
+                    issuer: opt(a, "jwtIssuer", |x| x.str().map(str::to_owned))?,
+                    audience: None,
+                    exclude_paths: Vec::new(),
+                })
+            }
+            Some(other @ ("digest" | "oauth")) => {
+                return unsupported(format!("security.authentication type '{other}'"))
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!("security.authentication.type: unknown type {other:?}")))
+            }
+            None => return Err(ConfigError::Invalid("security.authentication.type is required".into())),
+        }
+    }
+    if let Some(r) = at.get("rateLimit").filter(|v| enabled(v)) {
+        let r = At::new(r, "security.rateLimit");
+        let max = opt(r, "maxRequests", |x| x.uint())?.map_or_else(|| r.err("maxRequests is required"), Ok)?;
+        let window =
+            opt(r, "window", |x| x.non_negative())?.map_or_else(|| r.err("window (seconds) is required"), Ok)?;
+        let key = match opt(r, "keyBy", |x| x.str())?.unwrap_or("ip") {
+            "ip" => RateLimitKey::Ip,
+            "path" => RateLimitKey::Path,
+            "header" => RateLimitKey::Header(
+                opt(r, "headerName", |x| x.str().map(str::to_ascii_lowercase))?
+                    .map_or_else(|| r.err("keyBy 'header' needs headerName"), Ok)?,
+            ),
+            other => return Err(ConfigError::Invalid(format!("security.rateLimit.keyBy: unknown key {other:?}"))),
+        };
+        if max == 0 || window <= 0.0 {
+            return Err(ConfigError::Invalid("security.rateLimit: maxRequests and window must be positive".into()));
+        }
+        sec.rate_limit = Some(RateLimit {
+            max_requests: max.min(u32::MAX as u64) as u32,
+            window: Duration::from_secs_f64(window),
+            key,
+            message: opt(r, "errorMessage", |x| x.str().map(str::to_owned))?
+                .unwrap_or_else(|| "Too Many Requests".into()),
+        });
     }
     if at.has("allowedIps") || at.has("blockedIps") {
         return Err(ConfigError::Invalid(format!(
@@ -634,16 +802,26 @@ fn parse_security(at: At) -> CResult<RouteSecurity> {
 fn parse_action(a: At, route_headers: Option<&Value>) -> CResult<RouteAction> {
     let ty =
         opt(a, "type", |t| t.str())?.map_or_else(|| Err(ConfigError::Invalid("action.type is required".into())), Ok)?;
-    match ty {
-        "forward" => {}
-        "socket-handler" => return unsupported("socket-handler actions"),
+    let socket_handler = match ty {
+        "forward" => None,
+        "socket-handler" => {
+            let f = a.get("socketHandler").and_then(|v| v.get("$fn")).and_then(Value::as_u64);
+            match f {
+                Some(id) => Some(id as u32),
+                None => {
+                    return Err(ConfigError::Invalid(
+                        "action.socketHandler: a 'socket-handler' action needs a function".into(),
+                    ))
+                }
+            }
+        }
         "redirect" | "block" | "static" => {
             return Err(ConfigError::Invalid(format!(
                 "action.type: '{ty}' was removed in 19.5; use a 'socket-handler' route with SocketHandlers"
             )))
         }
         other => return Err(ConfigError::Invalid(format!("action.type: unknown action type {other:?}"))),
-    }
+    };
     if let Some(engine) = opt(a, "forwardingEngine", |t| t.str())? {
         match engine {
             "node" => {}
@@ -658,12 +836,27 @@ fn parse_action(a: At, route_headers: Option<&Value>) -> CResult<RouteAction> {
         return unsupported("PROXY protocol (action.sendProxyProtocol)");
     }
     let balance_targets = check_load_balancing(a, "action.loadBalancing")?;
+    if socket_handler.is_some()
+        && a.get("tls").and_then(|t| t.get("mode")).and_then(Value::as_str).is_some_and(|m| m != "passthrough")
+    {
+        return unsupported("TLS termination in front of a socket handler");
+    }
     let tls = match a.get("tls") {
         None => None,
         Some(t) => Some(parse_tls(At::new(t, "action.tls"))?),
     };
-    if a.has("socketHandler") {
+    if socket_handler.is_none() && a.has("socketHandler") {
         return Err(ConfigError::Invalid("action.socketHandler is only valid with type 'socket-handler'".into()));
+    }
+    if socket_handler.is_some() {
+        let http = parse_http_options(a, route_headers)?;
+        return Ok(RouteAction::Forward(ForwardAction {
+            socket_handler,
+            targets: Vec::new(),
+            tls,
+            http,
+            balance_targets: false,
+        }));
     }
     let targets: Vec<Target> = match (a.get("targets"), a.get("target")) {
         (Some(t), _) => {
@@ -689,7 +882,7 @@ fn parse_action(a: At, route_headers: Option<&Value>) -> CResult<RouteAction> {
             "headers: header rules need HTTP, which a 'passthrough' route never sees (use 'terminate')".into(),
         ));
     }
-    Ok(RouteAction::Forward(ForwardAction { targets, tls, http, balance_targets }))
+    Ok(RouteAction::Forward(ForwardAction { socket_handler: None, targets, tls, http, balance_targets }))
 }
 
 fn parse_tls(t: At) -> CResult<RouteTls> {
@@ -835,7 +1028,7 @@ fn parse_http_options(a: At, route_headers: Option<&Value>) -> CResult<HttpOptio
     if let Some(w) = a.get("websocket") {
         let w = At::new(w, "action.websocket");
         w.obj()?;
-        for key in ["pingInterval", "pingTimeout", "maxPayloadSize", "authenticateRequest", "enableCompression"] {
+        for key in ["authenticateRequest", "enableCompression"] {
             if w.has(key) {
                 return unsupported(format!("action.websocket.{key}"));
             }
@@ -849,6 +1042,9 @@ fn parse_http_options(a: At, route_headers: Option<&Value>) -> CResult<HttpOptio
                 .collect(),
             custom_headers: opt(w, "customHeaders", header_templates)?.unwrap_or_default(),
             rewrite_path: opt(w, "rewritePath", |x| x.str().map(str::to_owned))?,
+            ping_interval: opt(w, "pingInterval", ms)?.filter(|d| !d.is_zero()),
+            ping_timeout: opt(w, "pingTimeout", ms)?.filter(|d| !d.is_zero()),
+            max_payload: opt(w, "maxPayloadSize", |x| x.uint())?.filter(|n| *n > 0),
         });
     }
     Ok(h)
@@ -871,14 +1067,16 @@ fn check_load_balancing(a: At, what: &str) -> CResult<bool> {
 
 fn parse_target(t: At) -> CResult<Target> {
     t.obj()?;
+    let mut host_fn = None;
     let hosts = match t.get("host") {
         None => return Err(ConfigError::Invalid(format!("{}.host is required", t.path))),
+        Some(h) if h.get("$fn").is_some() => {
+            host_fn = h.get("$fn").and_then(Value::as_u64).map(|n| n as u32);
+            Vec::new()
+        }
         Some(h) => {
             let p = join(t.path, "host");
             let h = At::new(h, &p);
-            if h.is_function() {
-                return unsupported("function-valued target host");
-            }
             let list = h.str_or_strs()?;
             if list.is_empty() || list.iter().any(|s| s.trim().is_empty()) {
                 return Err(ConfigError::Invalid(format!("{p}: host must be a non-empty string or array of them")));
@@ -892,10 +1090,10 @@ fn parse_target(t: At) -> CResult<Target> {
         Some(p) => {
             let path = join(t.path, "port");
             let p = At::new(p, &path);
-            if p.is_function() {
-                return unsupported("function-valued target port");
+            match p.get("$fn").and_then(Value::as_u64) {
+                Some(id) => TargetPort::Function(id as u32),
+                None => TargetPort::Fixed(p.port()?),
             }
-            TargetPort::Fixed(p.port()?)
         }
     };
     for key in ["tls", "headers", "advanced"] {
@@ -931,7 +1129,7 @@ fn parse_target(t: At) -> CResult<Target> {
     if t.get("match").is_some_and(|m| m.get("$fn").is_some()) {
         return unsupported("function-valued target match");
     }
-    Ok(Target { hosts, port, priority: opt(t, "priority", |x| x.num())?.unwrap_or(0.0), condition })
+    Ok(Target { hosts, host_fn, port, priority: opt(t, "priority", |x| x.num())?.unwrap_or(0.0), condition })
 }
 
 #[cfg(test)]

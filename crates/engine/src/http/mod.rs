@@ -7,7 +7,11 @@
 //! client → 403, backend refused or broken → 502, backend too slow → 504. Bodies stream in both
 //! directions; nothing is buffered whole.
 
+mod access;
 pub mod headers;
+mod ws;
+
+pub use access::RateLimiter;
 
 use crate::config::{ProxyOptions, TlsMode};
 use crate::conn::{ConnRecord, Termination};
@@ -252,6 +256,11 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
                 if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
                     return Err(StatusCode::FORBIDDEN);
                 }
+                if let Some(denied) =
+                    check_access(&route, snap.limiters.get(i).and_then(|l| l.as_deref()), cx, &path, req.headers())
+                {
+                    return Ok(denied);
+                }
                 let target = snap.table.select_target(i, &input).ok_or(StatusCode::NOT_FOUND)?;
                 Chosen { target, backends: snap.backends.get(i).cloned().flatten(), route: Some(route) }
             }
@@ -261,16 +270,45 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
                     if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
                         return Err(StatusCode::FORBIDDEN);
                     }
-                    Chosen {
-                        route: None,
-                        target: SelectedTarget { host: d.host.clone(), port: d.port },
-                        backends: None,
-                    }
+                    Chosen { route: None, target: SelectedTarget::fixed(d.host.clone(), d.port), backends: None }
                 }
                 None => return Err(StatusCode::NOT_FOUND),
             },
         }
     };
+    let mut chosen = chosen;
+    if let Some(r) = chosen.route.as_deref() {
+        if r.socket_handler().is_some() {
+            // Socket handlers take whole connections at layer 4, never single requests.
+            return Err(StatusCode::NOT_FOUND);
+        }
+    }
+    if chosen.target.host_fn.is_some() || chosen.target.port_fn.is_some() {
+        let context = crate::js::RouteContext {
+            port: cx.port,
+            domain: domain.as_deref(),
+            client_ip: cx.client_ip_text.clone(),
+            server_ip: cx.server_ip.clone(),
+            path: Some(&path),
+            query: query.as_deref(),
+            headers: Some(req.headers().iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect()),
+            is_tls: cx.tls,
+            tls_version: cx.tls_version,
+            route: chosen.route.as_deref(),
+            rec: &cx.rec,
+            target_host: chosen.target.host_fn.is_none().then_some(chosen.target.host.as_str()),
+            target_port: None,
+        }
+        .to_json();
+        let target = std::mem::replace(&mut chosen.target, SelectedTarget::fixed(String::new(), 0));
+        chosen.target = match crate::js::resolve_target(target, cx.sh.bridge.as_ref(), context, cx.rec.id).await {
+            Ok(t) => t,
+            Err((_, why)) => {
+                cx.sh.log_warn(format!("route {}: {why}", chosen.route.as_deref().map(|r| &*r.name).unwrap_or("-")));
+                return Err(StatusCode::BAD_GATEWAY);
+            }
+        };
+    }
     let route = chosen.route.as_deref();
     let http_opts = route.map(|r| &r.forward().http);
     let reencrypt = route.and_then(|r| r.tls_mode()) == Some(TlsMode::TerminateAndReencrypt);
@@ -366,7 +404,11 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
     let backends = chosen.backends.clone().unwrap_or_else(|| cx.sh.backends.clone());
 
     let mut resp = if upgrade {
-        upgrade_request(req, cx, &chosen.target, reencrypt.then(|| backends.tls_h1.clone()), &path_and_query).await?
+        let limits = http_opts.and_then(|h| h.websocket.as_ref()).map_or_else(ws::WsLimits::default, |w| {
+            ws::WsLimits { ping_interval: w.ping_interval, ping_timeout: w.ping_timeout, max_payload: w.max_payload }
+        });
+        upgrade_request(req, cx, &chosen.target, reencrypt.then(|| backends.tls_h1.clone()), &path_and_query, limits)
+            .await?
     } else {
         let uri: Uri =
             format!("{scheme}://{authority}{path_and_query}").parse().map_err(|_| StatusCode::BAD_REQUEST)?;
@@ -398,6 +440,46 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
     Ok(resp)
 }
 
+/// Applies the route's rate limit and authentication; `Some(response)` refuses the request.
+fn check_access(
+    route: &CompiledRoute,
+    limiter: Option<&RateLimiter>,
+    cx: &HttpConn,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> Option<Response<ProxyBody>> {
+    let sec = &route.route.security;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let (Some(rule), Some(limiter)) = (&sec.rate_limit, limiter) {
+        let key = access::rate_key(rule, &cx.client_ip_text, path, |n| header(n).map(str::to_owned));
+        if !limiter.allow(rule, key, std::time::Instant::now()) {
+            let mut r = Response::new(Full::new(Bytes::from(rule.message.clone())).map_err(|e| match e {}).boxed());
+            *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(rule.window.as_secs().max(1)));
+            return Some(r);
+        }
+    }
+    let authorization = header("authorization");
+    if let Some(b) = &sec.basic_auth {
+        if !access::basic_ok(b, path, authorization) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{}\"", b.realm.replace('"', ""))) {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return Some(r);
+        }
+    }
+    if let Some(j) = &sec.jwt_auth {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if !access::jwt_ok(j, path, authorization, now) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Some(r);
+        }
+    }
+    None
+}
+
 /// Forwards an HTTP/1.1 Upgrade (WebSocket) request over a fresh backend connection and, on
 /// `101`, relays both upgraded streams until either side closes.
 async fn upgrade_request(
@@ -406,6 +488,7 @@ async fn upgrade_request(
     target: &SelectedTarget,
     tls: Option<Arc<rustls::ClientConfig>>,
     path_and_query: &str,
+    limits: ws::WsLimits,
 ) -> Result<Response<ProxyBody>, StatusCode> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let o = &cx.sh.options;
@@ -441,8 +524,15 @@ async fn upgrade_request(
         if let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) {
             let mut c = TokioIo::new(c);
             let mut b = TokioIo::new(b);
+            let framed = limits.ping_interval.is_some() || limits.max_payload.is_some();
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut c, &mut b) => {}
+                _ = async {
+                    if framed {
+                        ws::relay(c, b, limits).await;
+                    } else {
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+                    }
+                } => {}
                 _ = shutdown.cancelled() => {}
             }
         }

@@ -23,6 +23,10 @@ use tokio_util::task::TaskTracker;
 /// State shared by all connections of one running proxy.
 pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// JavaScript callbacks (socket handlers, target functions), when the embedder has them.
+    pub bridge: Option<Arc<dyn crate::js::JsBridge>>,
+    /// Sockets handed to JavaScript (kept by the proxy across runs).
+    pub handoffs: Arc<crate::js::Handoffs>,
     /// Backend clients for routes without their own (no certificate verification).
     pub backends: Arc<crate::http::Backends>,
     pub options: Arc<ProxyOptions>,
@@ -71,6 +75,17 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: A
         r = serve(stream, port, ip, &sh, &mut guard, sockopts) => r,
         _ = sh.shutdown.cancelled() => Termination::Shutdown,
     };
+    if reason == Termination::HandedOff {
+        // JavaScript owns the socket now; the connection stays counted until it closes it.
+        let id = guard.rec.id;
+        sh.handoffs.keep(guard);
+        let handoffs = sh.handoffs.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::js::CLAIM_TIMEOUT).await;
+            handoffs.expire(id);
+        });
+        return;
+    }
     guard.end(reason);
     sh.debug(|| {
         let r = &guard.rec;
@@ -96,6 +111,8 @@ enum Plan {
     Tls { cfg: Arc<rustls::ServerConfig>, sni: Option<String>, version: Option<crate::detect::TlsVersion> },
     /// Plain HTTP served by the HTTP layer.
     Http,
+    /// Hand the socket to a JavaScript socket handler, with this route context.
+    Socket { handler: u32, context: serde_json::Value },
 }
 
 async fn serve(
@@ -129,6 +146,7 @@ async fn serve(
             let cx = http_conn(sh, port, ip, local_ip(&stream), false, None, None, &guard.rec);
             return Box::pin(with_lifetime(crate::http::serve(stream, cx, idle), &guard.rec, lifetime)).await;
         }
+        Plan::Socket { handler, context } => return hand_over(stream, handler, context, sh, &guard.rec),
         Plan::Relay(t) => t,
     };
     // Boxed: connect state (address resolution, timer) is transient.
@@ -164,6 +182,7 @@ async fn plan(
     let mut is_tls = false;
     let mut first_http_keep_alive = false;
     let mut looks_http = false;
+    let mut initial_http: Option<&crate::detect::HttpHead> = None;
     let idx = match table.early(port, ip) {
         Early::Route(i) => Some(i),
         Early::NoMatch => None,
@@ -190,6 +209,7 @@ async fn plan(
                 }
                 Initial::Http(h) => {
                     looks_http = true;
+                    initial_http = Some(h);
                     first_http_keep_alive = h.keep_alive;
                     input.domain = h.host.as_deref();
                     input.http = Some(h);
@@ -201,6 +221,33 @@ async fn plan(
         }
     };
     guard.rec.keep_alive.store(o.keep_alive || first_http_keep_alive, Ordering::Relaxed);
+
+    // A socket-handler route: the connection goes to JavaScript, bytes still unread.
+    if let Some((route, handler)) = idx.map(|i| table.route(i)).and_then(|r| r.socket_handler().map(|h| (r, h))) {
+        guard.rec.is_tls.store(is_tls, Ordering::Relaxed);
+        if !check_security(&route.route.security, ip) {
+            return Err(Termination::IpBlocked);
+        }
+        guard.set_route(route)?;
+        let http = initial_http;
+        let context = crate::js::RouteContext {
+            port,
+            domain: input.domain,
+            client_ip: ip.to_string(),
+            server_ip: local_ip(client),
+            path: http.map(|h| h.path.as_str()),
+            query: http.and_then(|h| h.query.as_deref()),
+            headers: http.map(|h| h.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
+            is_tls,
+            tls_version: input.tls_version,
+            route: Some(route),
+            rec: &guard.rec,
+            target_host: None,
+            target_port: None,
+        }
+        .to_json();
+        return Ok(Plan::Socket { handler, context });
+    }
 
     // TLS terminated here: the HTTP layer routes each request.
     if let Some(route) = idx.map(|i| table.route(i)).filter(|r| is_tls && r.tls_mode().is_some_and(|m| m.terminates()))
@@ -231,6 +278,10 @@ async fn plan(
     let target = match idx {
         Some(i) => {
             let route = table.route(i);
+            if route.route.security.needs_http() {
+                // Authentication and rate limits only exist per HTTP request: never relay around them.
+                return Err(Termination::HttpRequired);
+            }
             is_tls |= route.tls_mode().is_some();
             guard.rec.is_tls.store(is_tls, Ordering::Relaxed);
             if !check_security(&route.route.security, ip) {
@@ -248,12 +299,65 @@ async fn plan(
                 if !check_security(&o.default_security, ip) {
                     return Err(Termination::IpBlocked);
                 }
-                SelectedTarget { host: d.host.clone(), port: d.port }
+                SelectedTarget::fixed(d.host.clone(), d.port)
             }
             None => return Err(refuse_no_route(client, is_tls, input.domain.is_some()).await),
         },
     };
-    Ok(Plan::Relay(target))
+    if target.host_fn.is_none() && target.port_fn.is_none() {
+        return Ok(Plan::Relay(target));
+    }
+    let http = initial_http;
+    let context = crate::js::RouteContext {
+        port,
+        domain: input.domain,
+        client_ip: ip.to_string(),
+        server_ip: local_ip(client),
+        path: http.map(|h| h.path.as_str()),
+        query: http.and_then(|h| h.query.as_deref()),
+        headers: http.map(|h| h.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
+        is_tls,
+        tls_version: input.tls_version,
+        route: idx.map(|i| &**table.route(i)),
+        rec: &guard.rec,
+        target_host: (target.host_fn.is_none()).then_some(target.host.as_str()),
+        target_port: None,
+    }
+    .to_json();
+    match crate::js::resolve_target(target, sh.bridge.as_ref(), context, guard.rec.id).await {
+        Ok(t) => Ok(Plan::Relay(t)),
+        Err((t, why)) => {
+            sh.log_warn(format!("route {}: {why}", idx.map(|i| table.route(i).name.to_string()).unwrap_or_default()));
+            Err(t)
+        }
+    }
+}
+
+/// Gives the socket to JavaScript: deregistered from tokio, parked until the handler claims it.
+fn hand_over(
+    stream: TcpStream,
+    handler: u32,
+    context: serde_json::Value,
+    sh: &Shared,
+    rec: &ConnRecord,
+) -> Termination {
+    let Some(bridge) = &sh.bridge else {
+        return Termination::HandlerError;
+    };
+    let std = match stream.into_std() {
+        Ok(s) => s,
+        Err(_) => return Termination::ClientError,
+    };
+    let fd = std::os::fd::OwnedFd::from(std);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    sh.handoffs.park(rec.id, fd);
+    if bridge.socket(handler, rec.id, raw, context) {
+        Termination::HandedOff
+    } else {
+        // Not delivered: the parked socket is closed here.
+        sh.handoffs.discard(rec.id);
+        Termination::HandlerError
+    }
 }
 
 /// Completes the TLS handshake (bounded by `initialDataTimeout`), then serves HTTP on it.

@@ -77,6 +77,8 @@ mod tests {
         let o = ProxyOptions::default();
         let sh = Arc::new(Shared {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            bridge: None,
+            handoffs: Arc::default(),
             backends: Arc::new(crate::http::Backends::new(false, &[], &o).unwrap()),
             options: Arc::new(o),
             registry: Arc::default(),

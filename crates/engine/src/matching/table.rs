@@ -37,7 +37,8 @@ impl CompiledRoute {
             || h.cors.is_some()
             || h.url_rewrite.is_some()
             || h.websocket.is_some()
-            || h.request_timeout.is_some();
+            || h.request_timeout.is_some()
+            || route.security.needs_http();
         let needs_data = !route.domains.is_empty()
             || route.path.is_some()
             || !route.headers.is_empty()
@@ -68,6 +69,11 @@ impl CompiledRoute {
     pub fn tls_mode(&self) -> Option<TlsMode> {
         let RouteAction::Forward(f) = &self.route.action;
         f.tls.as_ref().map(|t| t.mode)
+    }
+
+    /// The JavaScript socket handler of a `socket-handler` route.
+    pub fn socket_handler(&self) -> Option<u32> {
+        self.forward().socket_handler
     }
 
     pub fn forward(&self) -> &crate::config::ForwardAction {
@@ -129,11 +135,20 @@ pub struct MatchInput<'a> {
     pub tls_version: Option<TlsVersion>,
 }
 
-/// A chosen backend.
+/// A chosen backend. With `host_fn` / `port_fn` set, that part comes from a JavaScript function
+/// of the route context ([`crate::js::resolve_target`]) and the field is a placeholder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SelectedTarget {
     pub host: String,
     pub port: u16,
+    pub host_fn: Option<u32>,
+    pub port_fn: Option<u32>,
+}
+
+impl SelectedTarget {
+    pub fn fixed(host: String, port: u16) -> Self {
+        SelectedTarget { host, port, host_fn: None, port_fn: None }
+    }
 }
 
 /// The immutable routing snapshot.
@@ -255,17 +270,17 @@ impl RouteTable {
                 }
             })?;
         let t = &r.targets[pick];
-        let host = if t.hosts.len() == 1 {
-            t.hosts[0].clone()
-        } else {
-            let n = r.cursors[pick].fetch_add(1, Ordering::Relaxed);
-            t.hosts[n % t.hosts.len()].clone()
+        let host = match t.hosts.len() {
+            0 => String::new(),
+            1 => t.hosts[0].clone(),
+            n => t.hosts[r.cursors[pick].fetch_add(1, Ordering::Relaxed) % n].clone(),
         };
-        let port = match t.port {
-            TargetPort::Fixed(p) => p,
-            TargetPort::Preserve => input.port,
+        let (port, port_fn) = match t.port {
+            TargetPort::Fixed(p) => (p, None),
+            TargetPort::Preserve => (input.port, None),
+            TargetPort::Function(f) => (0, Some(f)),
         };
-        Some(SelectedTarget { host, port })
+        Some(SelectedTarget { host, port, host_fn: t.host_fn, port_fn })
     }
 }
 
@@ -406,7 +421,7 @@ mod tests {
         let post = parse_http_head(b"POST /posts/1 HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(
             t.select_target(0, &input(9001, None, Some(&get))).unwrap(),
-            SelectedTarget { host: "posts".into(), port: 7 }
+            SelectedTarget::fixed("posts".into(), 7)
         );
         assert_ne!(t.select_target(0, &input(9001, None, Some(&post))).unwrap().host, "posts");
         assert_eq!(t.select_target(0, &input(9002, None, None)).unwrap().host, "ported");
