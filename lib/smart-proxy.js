@@ -68,6 +68,7 @@ class SmartProxy extends EventEmitter {
    * it, and run the handler. A throwing or rejecting handler closes that connection only.
    */
   _onSocket(ev) {
+    const context = JSON.parse(ev.context);
     const handler = this._functions.get(ev.handlerId);
     const fd = this._native.claimSocket(ev.connId);
     if (fd < 0) return; // expired before we got to it
@@ -82,7 +83,7 @@ class SmartProxy extends EventEmitter {
     let failed = false;
     socket.once('close', () => this._native.socketClosed(ev.connId, failed));
     socket.on('error', () => {});
-    const routeName = ev.context && ev.context.routeName ? ev.context.routeName : '(unnamed)';
+    const routeName = context.routeName || '(unnamed)';
     const fail = (err) => {
       failed = true;
       console.error(`[smartproxy] socket handler of route "${routeName}" failed: ${err && err.stack ? err.stack : err}`);
@@ -90,18 +91,29 @@ class SmartProxy extends EventEmitter {
     };
     if (typeof handler !== 'function') return fail(new Error('socket handler is gone'));
     try {
-      const r = handler(socket, ev.context);
+      const r = handler(socket, context);
       if (r && typeof r.then === 'function') r.then(undefined, fail);
     } catch (err) {
       fail(err);
     }
   }
 
-  /** A target host/port function: called with the route context; its result may be a Promise. */
+  /**
+   * A target host/port function: called with the route context. A plain result goes back as
+   * is (no Promise round trip); a Promise is awaited by the engine; a throw becomes a rejection.
+   */
   _onCall(ev) {
     const fn = this._functions.get(ev.fnId);
     if (typeof fn !== 'function') return Promise.reject(new Error(`function ${ev.fnId} is gone`));
-    return new Promise((resolve) => resolve(fn(ev.context)));
+    let result;
+    try {
+      result = fn(JSON.parse(ev.context));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // Results travel as JSON text; `undefined` becomes null (the engine reports the wrong type).
+    const encode = (v) => (v === undefined ? 'null' : JSON.stringify(v));
+    return result && typeof result.then === 'function' ? Promise.resolve(result).then(encode) : encode(result);
   }
 
   /** Validates the routes and listens on every port they use. */

@@ -23,24 +23,28 @@ pub struct NativeEvent {
 }
 
 /// A connection handed to a JavaScript socket handler: claim `fd` with `claimSocket(connId)`.
+/// `context` is the route context as JSON text (parsing it in JS is cheaper than building it
+/// field by field through N-API).
 #[napi(object)]
 pub struct NativeSocket {
     pub handler_id: u32,
     pub conn_id: i64,
     pub fd: i32,
-    pub context: Value,
+    pub context: String,
 }
 
-/// A call of a JavaScript function (target host or port) with a route context.
+/// A call of a JavaScript function (target host or port) with a route context (JSON text).
 #[napi(object)]
 pub struct NativeCall {
     pub fn_id: u32,
-    pub context: Value,
+    pub context: String,
 }
 
 type EventFn = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>;
 type SocketFn = ThreadsafeFunction<NativeSocket, (), NativeSocket, Status, false>;
-type CallFn = ThreadsafeFunction<NativeCall, Promise<Value>, NativeCall, Status, false>;
+/// The callback returns the function's result as JSON text, or a Promise of it when the function
+/// is async (sync results skip the Promise round trip).
+type CallFn = ThreadsafeFunction<NativeCall, Either<Promise<String>, String>, NativeCall, Status, false>;
 
 /// The engine's JavaScript bridge over two threadsafe functions (released by `stop()`).
 struct Bridge {
@@ -50,15 +54,19 @@ struct Bridge {
 
 impl JsBridge for Bridge {
     fn socket(&self, handler: u32, conn_id: u64, fd: i32, context: Value) -> bool {
-        let ev = NativeSocket { handler_id: handler, conn_id: conn_id as i64, fd, context };
+        let ev = NativeSocket { handler_id: handler, conn_id: conn_id as i64, fd, context: context.to_string() };
         self.socket.call(ev, ThreadsafeFunctionCallMode::NonBlocking) == Status::Ok
     }
 
     fn call(&self, function: u32, context: Value) -> CallFuture {
         let f = self.call.clone();
         Box::pin(async move {
-            let promise = f.call_async(NativeCall { fn_id: function, context }).await.map_err(|e| e.reason.clone())?;
-            promise.await.map_err(|e| e.reason.clone())
+            let call = NativeCall { fn_id: function, context: context.to_string() };
+            let text = match f.call_async(call).await.map_err(|e| e.reason.clone())? {
+                Either::B(text) => text,
+                Either::A(promise) => promise.await.map_err(|e| e.reason.clone())?,
+            };
+            serde_json::from_str(&text).map_err(|e| format!("function result is not JSON-serialisable: {e}"))
         })
     }
 }
@@ -148,7 +156,7 @@ impl NativeProxy {
         routes_json: String,
         on_event: ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>,
         on_socket: ThreadsafeFunction<NativeSocket, (), NativeSocket, Status, false>,
-        on_call: ThreadsafeFunction<NativeCall, Promise<Value>, NativeCall, Status, false>,
+        on_call: ThreadsafeFunction<NativeCall, Either<Promise<String>, String>, NativeCall, Status, false>,
     ) -> Result<Vec<String>> {
         let (options, warnings) = parse_options(&parse_json(&options_json, "options")?).map_err(config_err)?;
         let routes = routes_from(&routes_json)?;
