@@ -154,7 +154,7 @@ impl Proxy {
             let mut to_bind: Vec<u16> = route_counts.keys().copied().filter(|p| !run.ports.contains_key(p)).collect();
             to_bind.sort_unstable();
             for port in to_bind {
-                match listener::bind(port) {
+                match listener::bind(port, run.shared.socket_options()) {
                     Ok(l) => fresh.push((port, l)),
                     // Dropping `fresh` closes what this call bound so far.
                     Err(source) => return Err(EngineError::Bind { port, source }),
@@ -213,7 +213,7 @@ impl Proxy {
         let rt = run.rt.as_ref().ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
         let l = {
             let _ctx = rt.enter();
-            listener::bind(port).map_err(|source| EngineError::Bind { port, source })?
+            listener::bind(port, run.shared.socket_options()).map_err(|source| EngineError::Bind { port, source })?
         };
         let stop = CancellationToken::new();
         rt.spawn(listener::accept_loop(l, port, run.shared.clone(), stop.clone()));

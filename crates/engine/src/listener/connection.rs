@@ -42,6 +42,12 @@ impl Shared {
         self.events.emit(Event::Log { level: LogLevel::Warn, message });
     }
 
+    /// Socket options for both sides of a connection, from the proxy options.
+    pub fn socket_options(&self) -> SocketOptions {
+        let o = &self.options;
+        SocketOptions { no_delay: o.no_delay, keep_alive: o.keep_alive.then_some(o.keep_alive_initial_delay) }
+    }
+
     pub(crate) fn debug(&self, f: impl FnOnce() -> String) {
         if self.options.enable_detailed_logging {
             self.events.emit(Event::Log { level: LogLevel::Debug, message: f() });

@@ -20,12 +20,17 @@ pub struct SocketOptions {
 
 /// Applies [`SocketOptions`]; failures are ignored (a socket that cannot take an option still works).
 pub fn apply(stream: &TcpStream, opts: SocketOptions) {
+    apply_socket(&SockRef::from(stream), opts);
+}
+
+/// [`apply`] for any socket (listeners included: accepted sockets inherit these on Linux).
+pub fn apply_socket(sock: &socket2::Socket, opts: SocketOptions) {
     if opts.no_delay {
-        let _ = stream.set_nodelay(true);
+        let _ = sock.set_tcp_nodelay(true);
     }
     if let Some(delay) = opts.keep_alive {
         let ka = TcpKeepalive::new().with_time(delay.max(Duration::from_secs(1)));
-        let _ = SockRef::from(stream).set_tcp_keepalive(&ka);
+        let _ = sock.set_tcp_keepalive(&ka);
     }
 }
 
