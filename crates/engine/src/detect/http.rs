@@ -82,7 +82,8 @@ pub fn parse_http_head(buf: &[u8]) -> Result<HttpHead, DetectError> {
     Ok(HttpHead { method: req.method.unwrap_or("").to_owned(), path, query, host, headers, keep_alive })
 }
 
-fn strip_port(host: &str) -> String {
+/// A Host value without its port, normalised (`[v6]:port` and `name:port` forms).
+pub fn strip_port(host: &str) -> String {
     let h = host.trim();
     let h = if let Some(rest) = h.strip_prefix('[') {
         // [v6]:port

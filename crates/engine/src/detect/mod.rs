@@ -5,7 +5,7 @@
 mod http;
 mod tls;
 
-pub use http::{parse_http_head, HttpHead};
+pub use http::{parse_http_head, strip_port, HttpHead};
 pub use tls::{parse_client_hello, ClientHello, TlsVersion};
 
 /// Why a detector could not produce a result.

@@ -17,7 +17,7 @@ use crate::config::{ProxyOptions, TlsMode};
 use crate::conn::{ConnRecord, Termination};
 use crate::detect::TlsVersion;
 use crate::listener::Shared;
-use crate::matching::{is_authorized, normalize_host, CompiledRoute, HttpView, MatchInput, SelectedTarget};
+use crate::matching::{is_authorized, CompiledRoute, HttpView, MatchInput, SelectedTarget};
 use bytes::Bytes;
 use headers::TemplateVars;
 use http::header::{self, HeaderValue};
@@ -205,19 +205,6 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Strips the port from a Host value and normalises it.
-fn host_only(h: &str) -> String {
-    let h = h.trim();
-    let h = if let Some(rest) = h.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else if h.matches(':').count() == 1 {
-        h.split(':').next().unwrap_or(h)
-    } else {
-        h
-    };
-    normalize_host(h)
-}
-
 struct Chosen {
     route: Option<Arc<CompiledRoute>>,
     target: SelectedTarget,
@@ -236,7 +223,7 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-    let domain = host_raw.as_deref().map(host_only).or_else(|| cx.sni.clone());
+    let domain = host_raw.as_deref().map(crate::detect::strip_port).or_else(|| cx.sni.clone());
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let method = req.method().clone();

@@ -235,23 +235,7 @@ async fn plan(
             return Err(Termination::IpBlocked);
         }
         guard.set_route(route)?;
-        let http = initial_http;
-        let context = crate::js::RouteContext {
-            port,
-            domain: input.domain,
-            client_ip: ip.to_string(),
-            server_ip: local_ip(client),
-            path: http.map(|h| h.path.as_str()),
-            query: http.and_then(|h| h.query.as_deref()),
-            headers: http.map(|h| h.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
-            is_tls,
-            tls_version: input.tls_version,
-            route: Some(route),
-            rec: &guard.rec,
-            target_host: None,
-            target_port: None,
-        }
-        .to_json();
+        let context = connection_context(client, &input, initial_http, is_tls, Some(route), &guard.rec, None);
         return Ok(Plan::Socket { handler, context });
     }
 
@@ -313,23 +297,16 @@ async fn plan(
     if target.host_fn.is_none() && target.port_fn.is_none() {
         return Ok(Plan::Relay(target));
     }
-    let http = initial_http;
-    let context = crate::js::RouteContext {
-        port,
-        domain: input.domain,
-        client_ip: ip.to_string(),
-        server_ip: local_ip(client),
-        path: http.map(|h| h.path.as_str()),
-        query: http.and_then(|h| h.query.as_deref()),
-        headers: http.map(|h| h.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
+    let known_host = target.host_fn.is_none().then_some(target.host.as_str());
+    let context = connection_context(
+        client,
+        &input,
+        initial_http,
         is_tls,
-        tls_version: input.tls_version,
-        route: idx.map(|i| &**table.route(i)),
-        rec: &guard.rec,
-        target_host: (target.host_fn.is_none()).then_some(target.host.as_str()),
-        target_port: None,
-    }
-    .to_json();
+        idx.map(|i| &**table.route(i)),
+        &guard.rec,
+        known_host,
+    );
     match crate::js::resolve_target(target, sh.bridge.as_ref(), context, guard.rec.id).await {
         Ok(t) => Ok(Plan::Relay(t)),
         Err((t, why)) => {
@@ -380,6 +357,34 @@ async fn serve_tls(
         Ok(Err(_)) => Termination::TlsError,
         Ok(Ok(tls)) => crate::http::serve(tls, cx, idle).await,
     }
+}
+
+/// The route context of a connection decided at layer 4 (socket handlers, target functions).
+fn connection_context(
+    client: &TcpStream,
+    input: &MatchInput,
+    http: Option<&crate::detect::HttpHead>,
+    is_tls: bool,
+    route: Option<&crate::matching::CompiledRoute>,
+    rec: &ConnRecord,
+    target_host: Option<&str>,
+) -> serde_json::Value {
+    crate::js::RouteContext {
+        port: input.port,
+        domain: input.domain,
+        client_ip: input.client_ip.to_string(),
+        server_ip: local_ip(client),
+        path: http.map(|h| h.path.as_str()),
+        query: http.and_then(|h| h.query.as_deref()),
+        headers: http.map(|h| h.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()),
+        is_tls,
+        tls_version: input.tls_version,
+        route,
+        rec,
+        target_host,
+        target_port: None,
+    }
+    .to_json()
 }
 
 fn local_ip(s: &TcpStream) -> String {
