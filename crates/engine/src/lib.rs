@@ -18,6 +18,7 @@ pub mod matching;
 pub mod proxy;
 pub mod snapshot;
 pub mod tcp;
+mod timer;
 pub mod tls;
 
 pub use error::{ConfigError, EngineError};

@@ -564,19 +564,8 @@ fn parse_route_inner(at: At, index: usize, name: Option<String>) -> CResult<Rout
         None => return Err(ConfigError::Invalid("match.ports is required".into())),
         Some(p) => parse_ports(At::new(p, "match.ports"))?,
     };
-    let domains = opt(m, "domains", |d| {
-        let list = d.str_or_strs()?;
-        list.iter()
-            .enumerate()
-            .map(|(i, s)| DomainPattern::parse(s).map_err(|e| format!("{}[{i}]: {e}", d.path)))
-            .collect()
-    })?
-    .unwrap_or_default();
-    let client_ip = opt(m, "clientIp", |d| {
-        let list = d.str_or_strs()?;
-        list.iter().enumerate().map(|(i, s)| IpPattern::parse(s).map_err(|e| format!("{}[{i}]: {e}", d.path))).collect()
-    })?
-    .unwrap_or_default();
+    let domains = opt(m, "domains", |d| d.parse_each(DomainPattern::parse))?.unwrap_or_default();
+    let client_ip = opt(m, "clientIp", |d| d.parse_each(IpPattern::parse))?.unwrap_or_default();
     let path = opt(m, "path", |p| PathPattern::parse(p.str()?).or_else(|e| p.err(e)))?;
     let headers = opt(m, "headers", parse_header_matchers)?.unwrap_or_default();
     let tls_versions = opt(m, "tlsVersion", |t| {
@@ -666,14 +655,7 @@ fn parse_header_matchers(at: At) -> ReadResult<Vec<HeaderMatcher>> {
 fn parse_security(at: At) -> CResult<RouteSecurity> {
     at.obj()?;
     let ips = |key: &str| -> ReadResult<Vec<IpPattern>> {
-        Ok(opt(at, key, |d| {
-            let list = d.str_or_strs()?;
-            list.iter()
-                .enumerate()
-                .map(|(i, s)| IpPattern::parse(s).map_err(|e| format!("{}[{i}]: {e}", d.path)))
-                .collect::<ReadResult<Vec<_>>>()
-        })?
-        .unwrap_or_default())
+        Ok(opt(at, key, |d| d.parse_each(IpPattern::parse))?.unwrap_or_default())
     };
     let sec = RouteSecurity {
         ip_allow_list: ips("ipAllowList")?,

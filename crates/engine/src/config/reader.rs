@@ -125,6 +125,16 @@ impl<'v, 'p> At<'v, 'p> {
         }
     }
 
+    /// Parses each string of a `string | string[]` value with `parse`; errors name the index
+    /// (`match.domains[1]: …`).
+    pub fn parse_each<T>(&self, parse: impl Fn(&str) -> Result<T, String>) -> ReadResult<Vec<T>> {
+        self.str_or_strs()?
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse(s).map_err(|e| format!("{}[{i}]: {e}", self.path)))
+            .collect()
+    }
+
     /// Whether this value is the facade's marker for a JavaScript function (`{"$fn": id}`).
     pub fn is_function(&self) -> bool {
         self.get("$fn").is_some()

@@ -123,7 +123,7 @@ where
     loop {
         tokio::select! {
             r = conn.as_mut() => return if r.is_ok() { Termination::ClientClosed } else { Termination::ClientError },
-            _ = sleep_opt(idle_at) => {
+            _ = crate::timer::sleep_until_opt(idle_at) => {
                 let d = idle.unwrap_or_default();
                 let next = tokio::time::Instant::from_std(cx.rec.last_activity()) + d;
                 if next <= tokio::time::Instant::now() {
@@ -132,13 +132,6 @@ where
                 idle_at = Some(next);
             }
         }
-    }
-}
-
-async fn sleep_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

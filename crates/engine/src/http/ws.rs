@@ -257,7 +257,7 @@ where
                 }
                 if cw.write_all(&bbuf[from..n]).await.is_err() { return }
             }
-            _ = sleep_opt(wake) => {
+            _ = crate::timer::sleep_until_opt(wake) => {
                 let now = Instant::now();
                 if pong_deadline.is_some_and(|d| d <= now) {
                     // No pong in time: the client is gone.
@@ -277,13 +277,6 @@ where
                 }
             }
         }
-    }
-}
-
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

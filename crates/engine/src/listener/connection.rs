@@ -424,7 +424,7 @@ async fn with_lifetime(
     let life_at = lifetime.map(|l| Instant::from_std(rec.started) + l);
     tokio::select! {
         t = serve => t,
-        _ = sleep_opt(life_at) => Termination::MaxLifetime,
+        _ = crate::timer::sleep_until_opt(life_at) => Termination::MaxLifetime,
     }
 }
 
@@ -489,13 +489,6 @@ pub fn effective_timeouts(o: &ProxyOptions, keep_alive: bool, id: u64) -> (Optio
     (adjust(idle, 1), adjust(life, 2))
 }
 
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The relay under the idle and lifetime limits, with one timer for both. The idle part is
 /// lazy: the timer fires at `last activity + idle` as last known and re-arms from the record,
 /// instead of being reset on every byte.
@@ -523,7 +516,7 @@ async fn relay_timed(
                 RelayEnd::ClientError => Termination::ClientError,
                 RelayEnd::BackendError => Termination::BackendError,
             },
-            _ = sleep_opt(wake) => {
+            _ = crate::timer::sleep_until_opt(wake) => {
                 let now = Instant::now();
                 if life_at.is_some_and(|l| l <= now) {
                     return Termination::MaxLifetime;
