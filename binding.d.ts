@@ -16,7 +16,7 @@ export declare class NativeProxy {
    * Validates the configuration and starts listening. Rejects with `[ERR_BIND]` naming the port
    * when a port cannot be bound, `[ERR_INVALID_CONFIG]` / `[ERR_NOT_SUPPORTED]` for bad routes.
    */
-  start(optionsJson: string, routesJson: string, onEvent: ((arg: NativeEvent) => void), onSocket: ((arg: NativeSocket) => void), onCall: ((arg: NativeCall) => Promise<string> | string)): Promise<Array<string>>
+  start(optionsJson: string, routesJson: string, onEvent: ((arg: NativeEvent) => void), onSocket: ((arg: NativeSocket) => void), onCall: ((arg0: number, arg1: string) => string | Promise<string>)): Promise<Array<string>>
   /** Closes listeners and connections and stops the runtime; resolves when its threads are gone. */
   stop(): Promise<void>
   updateRoutes(routesJson: string): Promise<void>
@@ -34,12 +34,6 @@ export declare class NativeProxy {
 
 /** The engine's option defaults, merged into `SmartProxy.settings` by the facade. */
 export declare function engineDefaults(): any
-
-/** A call of a JavaScript function (target host or port) with a route context (JSON text). */
-export interface NativeCall {
-  fnId: number
-  context: string
-}
 
 /** An engine event as JavaScript sees it. */
 export interface NativeEvent {

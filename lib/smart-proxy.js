@@ -102,12 +102,12 @@ class SmartProxy extends EventEmitter {
    * A target host/port function: called with the route context. A plain result goes back as
    * is (no Promise round trip); a Promise is awaited by the engine; a throw becomes a rejection.
    */
-  _onCall(ev) {
-    const fn = this._functions.get(ev.fnId);
-    if (typeof fn !== 'function') return Promise.reject(new Error(`function ${ev.fnId} is gone`));
+  _onCall(fnId, context) {
+    const fn = this._functions.get(fnId);
+    if (typeof fn !== 'function') return Promise.reject(new Error(`function ${fnId} is gone`));
     let result;
     try {
-      result = fn(JSON.parse(ev.context));
+      result = fn(JSON.parse(context));
     } catch (err) {
       return Promise.reject(err);
     }
@@ -128,7 +128,7 @@ class SmartProxy extends EventEmitter {
           routes,
           (ev) => this._onEvent(ev),
           (ev) => this._onSocket(ev),
-          (ev) => this._onCall(ev),
+          (fnId, context) => this._onCall(fnId, context),
         ),
       );
       this._functions.commit();

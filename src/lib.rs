@@ -33,18 +33,17 @@ pub struct NativeSocket {
     pub context: String,
 }
 
-/// A call of a JavaScript function (target host or port) with a route context (JSON text).
-#[napi(object)]
-pub struct NativeCall {
-    pub fn_id: u32,
-    pub context: String,
-}
+/// A call of a JavaScript function (target host or port): its id and the route context as JSON
+/// text, passed as two arguments (no object to build per call).
+type NativeCall = FnArgs<(u32, String)>;
 
 type EventFn = ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>;
 type SocketFn = ThreadsafeFunction<NativeSocket, (), NativeSocket, Status, false>;
 /// The callback returns the function's result as JSON text, or a Promise of it when the function
 /// is async (sync results skip the Promise round trip).
-type CallFn = ThreadsafeFunction<NativeCall, Either<Promise<String>, String>, NativeCall, Status, false>;
+/// `Either` tries its first type first: a string is checked with one `typeof`, while checking for
+/// a Promise first would build and reject a Promise for every plain result.
+type CallFn = ThreadsafeFunction<NativeCall, Either<String, Promise<String>>, NativeCall, Status, false>;
 
 /// The engine's JavaScript bridge over two threadsafe functions (released by `stop()`).
 struct Bridge {
@@ -61,10 +60,10 @@ impl JsBridge for Bridge {
     fn call(&self, function: u32, context: Value) -> CallFuture {
         let f = self.call.clone();
         Box::pin(async move {
-            let call = NativeCall { fn_id: function, context: context.to_string() };
+            let call: NativeCall = (function, context.to_string()).into();
             let text = match f.call_async(call).await.map_err(|e| e.reason.clone())? {
-                Either::B(text) => text,
-                Either::A(promise) => promise.await.map_err(|e| e.reason.clone())?,
+                Either::A(text) => text,
+                Either::B(promise) => promise.await.map_err(|e| e.reason.clone())?,
             };
             serde_json::from_str(&text).map_err(|e| format!("function result is not JSON-serialisable: {e}"))
         })
@@ -156,7 +155,14 @@ impl NativeProxy {
         routes_json: String,
         on_event: ThreadsafeFunction<NativeEvent, (), NativeEvent, Status, false>,
         on_socket: ThreadsafeFunction<NativeSocket, (), NativeSocket, Status, false>,
-        on_call: ThreadsafeFunction<NativeCall, Either<Promise<String>, String>, NativeCall, Status, false>,
+        // Spelled out (not `CallFn`) so that the generated binding.d.ts shows the callback type.
+        on_call: ThreadsafeFunction<
+            FnArgs<(u32, String)>,
+            Either<String, Promise<String>>,
+            FnArgs<(u32, String)>,
+            Status,
+            false,
+        >,
     ) -> Result<Vec<String>> {
         let (options, warnings) = parse_options(&parse_json(&options_json, "options")?).map_err(config_err)?;
         let routes = routes_from(&routes_json)?;
