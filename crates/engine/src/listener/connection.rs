@@ -71,14 +71,12 @@ pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: A
             return;
         }
     };
-    let sockopts =
-        SocketOptions { no_delay: o.no_delay, keep_alive: o.keep_alive.then_some(o.keep_alive_initial_delay) };
-    tcp::apply(&stream, sockopts);
+    // The accepted socket already has the socket options: it inherits them from the listener.
     if o.keep_alive {
         guard.rec.keep_alive.store(true, Ordering::Relaxed);
     }
     let reason = tokio::select! {
-        r = serve(stream, port, ip, &sh, &mut guard, sockopts) => r,
+        r = serve(stream, port, ip, &sh, &mut guard) => r,
         _ = sh.shutdown.cancelled() => Termination::Shutdown,
     };
     if reason == Termination::HandedOff {
@@ -127,7 +125,6 @@ async fn serve(
     ip: IpAddr,
     sh: &Arc<Shared>,
     guard: &mut ConnGuard,
-    sockopts: SocketOptions,
 ) -> Termination {
     let o = &sh.options;
     // Boxed: detection and matching state is transient and must not size every connection's
@@ -168,7 +165,7 @@ async fn serve(
         Ok(Ok(s)) => s,
     };
     guard.rec.set_target(target.host, target.port);
-    tcp::apply(&backend, sockopts);
+    tcp::apply(&backend, sh.socket_options());
     relay_timed(&stream, &backend, &guard.rec, idle, lifetime, o.enable_half_open).await
 }
 

@@ -14,9 +14,11 @@ use super::shutdown_write;
 use crate::conn::ConnRecord;
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io;
+use socket2::SockRef;
+use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Scratch buffer size, per worker thread (not per connection): up to 256 KiB per read, so a
@@ -99,7 +101,7 @@ fn poll_half(
         ready!(src.poll_read_ready(cx)).map_err(|_| Fault::Src)?;
         let step = SCRATCH_BUF.with(|b| {
             let mut b = b.borrow_mut();
-            match src.try_read(&mut b[..]) {
+            match read_draining(src, &mut b[..]) {
                 Ok(0) => Step::Eof,
                 Ok(n) => {
                     let counter = if inbound { &rec.bytes_in } else { &rec.bytes_out };
@@ -131,6 +133,29 @@ fn poll_half(
     }
     cx.waker().wake_by_ref();
     Poll::Pending
+}
+
+/// Reads like `try_read`, but a short read also clears the socket's read readiness, as tokio's
+/// own `poll_read` does: with edge-triggered epoll a read that does not fill the buffer has
+/// drained the socket, so the next attempt waits for the next event instead of costing a
+/// `recv` that fails with `EAGAIN` (one syscall per message). Readiness that arrived after the
+/// read is never lost: tokio clears it only if no new event came in meanwhile.
+fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let sock = SockRef::from(src);
+    let mut got = 0;
+    let r = src.try_io(Interest::READABLE, || {
+        let n = (&*sock).read(buf)?;
+        if n > 0 && n < buf.len() {
+            got = n;
+            // Makes `try_io` clear the readiness; the bytes are returned below.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
+    }
 }
 
 /// Relays until the connection is over; returns who ended it.
