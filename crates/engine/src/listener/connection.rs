@@ -119,13 +119,7 @@ enum Plan {
     Socket { handler: u32, context: serde_json::Value },
 }
 
-async fn serve(
-    stream: TcpStream,
-    port: u16,
-    ip: IpAddr,
-    sh: &Arc<Shared>,
-    guard: &mut ConnGuard,
-) -> Termination {
+async fn serve(stream: TcpStream, port: u16, ip: IpAddr, sh: &Arc<Shared>, guard: &mut ConnGuard) -> Termination {
     let o = &sh.options;
     // Boxed: detection and matching state is transient and must not size every connection's
     // long-lived future (idle connections should cost a few hundred bytes of task state).

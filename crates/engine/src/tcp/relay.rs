@@ -12,9 +12,9 @@
 
 use super::shutdown_write;
 use crate::conn::ConnRecord;
+use socket2::SockRef;
 use std::cell::RefCell;
 use std::future::poll_fn;
-use socket2::SockRef;
 use std::io::{self, Read};
 use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
