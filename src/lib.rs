@@ -149,6 +149,7 @@ impl NativeProxy {
     /// Validates the configuration and starts listening. Rejects with `[ERR_BIND]` naming the port
     /// when a port cannot be bound, `[ERR_INVALID_CONFIG]` / `[ERR_NOT_SUPPORTED]` for bad routes.
     #[napi]
+    #[allow(clippy::type_complexity)] // `on_call` spelled out for the generated binding.d.ts
     pub async fn start(
         &self,
         options_json: String,
