@@ -73,7 +73,7 @@ pub fn parse_http_head(buf: &[u8]) -> Result<HttpHead, DetectError> {
         .iter()
         .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).trim().to_owned()))
         .collect();
-    let host = headers.iter().find(|(k, _)| k == "host").map(|(_, v)| strip_port(v));
+    let host = headers.iter().find(|(k, _)| k == "host").map(|(_, v)| strip_port(v).into_owned());
     let conn = headers.iter().find(|(k, _)| k == "connection").map(|(_, v)| v.to_ascii_lowercase());
     let keep_alive = match req.version {
         Some(0) => conn.as_deref().is_some_and(|c| c.contains("keep-alive")),
@@ -82,8 +82,9 @@ pub fn parse_http_head(buf: &[u8]) -> Result<HttpHead, DetectError> {
     Ok(HttpHead { method: req.method.unwrap_or("").to_owned(), path, query, host, headers, keep_alive })
 }
 
-/// A Host value without its port, normalised (`[v6]:port` and `name:port` forms).
-pub fn strip_port(host: &str) -> String {
+/// A Host value without its port, normalised (`[v6]:port` and `name:port` forms). Borrows
+/// when the name is already in normal form (the common case: no allocation per request).
+pub fn strip_port(host: &str) -> std::borrow::Cow<'_, str> {
     let h = host.trim();
     let h = if let Some(rest) = h.strip_prefix('[') {
         // [v6]:port
@@ -93,7 +94,12 @@ pub fn strip_port(host: &str) -> String {
     } else {
         h
     };
-    crate::matching::normalize_host(h)
+    let n = h.trim().trim_end_matches('.');
+    if n.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(n.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(n)
+    }
 }
 
 #[cfg(test)]

@@ -21,12 +21,14 @@ use crate::matching::{is_authorized, CompiledRoute, HttpView, MatchInput, Select
 use bytes::Bytes;
 use headers::TemplateVars;
 use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::io;
 use std::net::IpAddr;
@@ -210,18 +212,18 @@ async fn handle(req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<Pr
 
 async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Response<ProxyBody>, StatusCode> {
     let snap = cx.sh.snapshot.load_full();
-    let host_raw: Option<String> = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-    let domain = host_raw.as_deref().map(crate::detect::strip_port).or_else(|| cx.sni.clone());
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().map(str::to_owned);
+    // Cheap clones (shared bytes): they let the request be borrowed here and changed below
+    // without owned copies of host, path and query per request.
+    let uri0 = req.uri().clone();
+    let host_hv = req.headers().get(header::HOST).cloned();
+    let host_raw: Option<&str> =
+        host_hv.as_ref().and_then(|v| v.to_str().ok()).or_else(|| uri0.authority().map(|a| a.as_str()));
+    let domain = host_raw.map(crate::detect::strip_port).or_else(|| cx.sni.as_deref().map(Cow::Borrowed));
+    let path = uri0.path();
+    let query = uri0.query();
     let method = req.method().clone();
     let chosen = {
-        let view = ReqView { method: req.method().as_str(), path: &path, headers: req.headers() };
+        let view = ReqView { method: req.method().as_str(), path, headers: req.headers() };
         let input = MatchInput {
             port: cx.port,
             client_ip: cx.client_ip,
@@ -237,7 +239,7 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
                     return Err(StatusCode::FORBIDDEN);
                 }
                 if let Some(denied) =
-                    check_access(&route, snap.limiters.get(i).and_then(|l| l.as_deref()), cx, &path, req.headers())
+                    check_access(&route, snap.limiters.get(i).and_then(|l| l.as_deref()), cx, path, req.headers())
                 {
                     return Ok(denied);
                 }
@@ -269,8 +271,8 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
             domain: domain.as_deref(),
             client_ip: cx.client_ip_text.clone(),
             server_ip: cx.server_ip.clone(),
-            path: Some(&path),
-            query: query.as_deref(),
+            path: Some(path),
+            query,
             headers: Some(req.headers().iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect()),
             is_tls: cx.tls,
             tls_version: cx.tls_version,
@@ -292,21 +294,21 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
     let route = chosen.route.as_deref();
     let http_opts = route.map(|r| &r.forward().http);
     let reencrypt = route.and_then(|r| r.tls_mode()) == Some(TlsMode::TerminateAndReencrypt);
-    let route_name = route.map(|r| r.display_name()).unwrap_or_default();
     let vars = TemplateVars {
         domain: domain.as_deref().unwrap_or(""),
         client_ip: &cx.client_ip_text,
-        path: &path,
-        query: query.as_deref().unwrap_or(""),
+        path,
+        query: query.unwrap_or(""),
         method: method.as_str(),
-        route_name: &route_name,
+        route_name: route.map_or("", |r| &*r.name),
         route_id: route.and_then(|r| r.route.id.as_deref()).unwrap_or(""),
         port: cx.port,
         connection_id: cx.rec.id,
         target_host: &chosen.target.host,
         target_port: chosen.target.port,
     };
-    let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let origin_hv = req.headers().get(header::ORIGIN).cloned();
+    let origin = origin_hv.as_ref().and_then(|v| v.to_str().ok());
     let cors = http_opts.and_then(|h| h.cors.as_ref());
     if let Some(c) = cors {
         if c.preflight
@@ -315,14 +317,15 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         {
             let mut r = Response::new(Empty::new().map_err(|e| match e {}).boxed());
             *r.status_mut() = StatusCode::NO_CONTENT;
-            headers::add_cors(r.headers_mut(), c, origin.as_deref(), true);
+            headers::add_cors(r.headers_mut(), c, origin, true);
             return Ok(r);
         }
     }
 
-    // Path (and query) after `advanced.urlRewrite`.
-    let mut path_and_query = req.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    // Path (and query) after `advanced.urlRewrite`; `None` keeps the request's own.
+    let mut rewritten: Option<String> = None;
     if let Some(rw) = http_opts.and_then(|h| h.url_rewrite.as_ref()) {
+        let mut path_and_query = uri0.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let (subject, tail) = match (rw.only_path, path_and_query.split_once('?')) {
             (true, Some((p, q))) => (p.to_owned(), format!("?{q}")),
             _ => (path_and_query.clone(), String::new()),
@@ -336,6 +339,7 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         if !path_and_query.starts_with('/') {
             path_and_query.insert(0, '/');
         }
+        rewritten = Some(path_and_query);
     }
 
     let upgrade = is_upgrade(&req);
@@ -345,27 +349,30 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
                 return Err(StatusCode::FORBIDDEN);
             }
             if !ws.allowed_origins.is_empty()
-                && !origin.as_deref().is_some_and(|o| ws.allowed_origins.iter().any(|a| a == o || a == "*"))
+                && !origin.is_some_and(|o| ws.allowed_origins.iter().any(|a| a == o || a == "*"))
             {
                 return Err(StatusCode::FORBIDDEN);
             }
             if let Some(p) = &ws.rewrite_path {
-                path_and_query = p.clone();
+                rewritten = Some(p.clone());
             }
         }
     }
 
     // Forwarded request headers.
-    let original_host = host_raw.clone();
+    let original_host = host_raw;
     {
         let h = req.headers_mut();
         if !upgrade {
             headers::strip_hop_by_hop(h);
         }
-        if let Some(host) = original_host.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-            h.insert(header::HOST, host);
+        if host_hv.is_none() {
+            // HTTP/2 (`:authority`) or an absolute URI: the backend still gets a Host header.
+            if let Some(host) = original_host.and_then(|v| HeaderValue::from_str(v).ok()) {
+                h.insert(header::HOST, host);
+            }
         }
-        headers::add_forwarded(h, &cx.client_ip_text, cx.tls, original_host.as_deref());
+        headers::add_forwarded(h, &cx.client_ip_text, cx.tls, original_host);
         if let Some(ho) = http_opts {
             headers::apply_templates(h, &ho.request_headers, &vars);
             if upgrade {
@@ -375,7 +382,6 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
             }
         }
     }
-    let scheme = if reencrypt { "https" } else { "http" };
     let authority = if chosen.target.host.contains(':') && !chosen.target.host.starts_with('[') {
         format!("[{}]:{}", chosen.target.host, chosen.target.port)
     } else {
@@ -387,12 +393,19 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         let limits = http_opts.and_then(|h| h.websocket.as_ref()).map_or_else(ws::WsLimits::default, |w| {
             ws::WsLimits { ping_interval: w.ping_interval, ping_timeout: w.ping_timeout, max_payload: w.max_payload }
         });
-        upgrade_request(req, cx, &chosen.target, reencrypt.then(|| backends.tls_h1.clone()), &path_and_query, limits)
+        let path_and_query = rewritten.as_deref().or_else(|| uri0.path_and_query().map(|p| p.as_str())).unwrap_or("/");
+        upgrade_request(req, cx, &chosen.target, reencrypt.then(|| backends.tls_h1.clone()), path_and_query, limits)
             .await?
     } else {
-        let uri: Uri =
-            format!("{scheme}://{authority}{path_and_query}").parse().map_err(|_| StatusCode::BAD_REQUEST)?;
-        *req.uri_mut() = uri;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if reencrypt { Scheme::HTTPS } else { Scheme::HTTP });
+        let authority = Authority::from_maybe_shared(Bytes::from(authority)).map_err(|_| StatusCode::BAD_GATEWAY)?;
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(match rewritten {
+            Some(p) => PathAndQuery::from_maybe_shared(Bytes::from(p)).map_err(|_| StatusCode::BAD_REQUEST)?,
+            None => uri0.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+        });
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
         let h2 = http_opts.is_some_and(|h| h.backend_http2);
         *req.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
         let client = if h2 { &backends.h2 } else { &backends.h1 };
@@ -414,7 +427,7 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
     if let Some(ho) = http_opts {
         headers::apply_templates(resp.headers_mut(), &ho.response_headers, &vars);
         if let Some(c) = &ho.cors {
-            headers::add_cors(resp.headers_mut(), c, origin.as_deref(), false);
+            headers::add_cors(resp.headers_mut(), c, origin, false);
         }
     }
     Ok(resp)
