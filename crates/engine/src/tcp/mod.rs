@@ -2,6 +2,8 @@
 
 mod peek;
 mod relay;
+#[cfg(target_os = "linux")]
+mod splice;
 
 pub use peek::{peek_initial, Initial, PeekError};
 pub use relay::{relay, RelayEnd};
