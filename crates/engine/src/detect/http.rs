@@ -82,8 +82,8 @@ pub fn parse_http_head(buf: &[u8]) -> Result<HttpHead, DetectError> {
     Ok(HttpHead { method: req.method.unwrap_or("").to_owned(), path, query, host, headers, keep_alive })
 }
 
-/// A Host value without its port, normalised (`[v6]:port` and `name:port` forms). Borrows
-/// when the name is already in normal form (the common case: no allocation per request).
+/// A Host value without its port, normalised (`[v6]:port` and `name:port` forms); borrowed
+/// when already in normal form, as [`crate::matching::normalize_host`].
 pub fn strip_port(host: &str) -> std::borrow::Cow<'_, str> {
     let h = host.trim();
     let h = if let Some(rest) = h.strip_prefix('[') {
@@ -94,12 +94,7 @@ pub fn strip_port(host: &str) -> std::borrow::Cow<'_, str> {
     } else {
         h
     };
-    let n = h.trim().trim_end_matches('.');
-    if n.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(n.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(n)
-    }
+    crate::matching::normalize_host(h)
 }
 
 #[cfg(test)]

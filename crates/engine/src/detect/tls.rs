@@ -194,7 +194,7 @@ pub fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, DetectError> {
                         if s.is_empty() || !s.bytes().all(|c| c.is_ascii_graphic()) {
                             return Err(DetectError::Malformed("SNI is not a host name"));
                         }
-                        hello.sni = Some(crate::matching::normalize_host(s));
+                        hello.sni = Some(crate::matching::normalize_host(s).into_owned());
                     }
                 }
             }

@@ -360,7 +360,6 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
     }
 
     // Forwarded request headers.
-    let original_host = host_raw;
     {
         let h = req.headers_mut();
         if !upgrade {
@@ -368,11 +367,11 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         }
         if host_hv.is_none() {
             // HTTP/2 (`:authority`) or an absolute URI: the backend still gets a Host header.
-            if let Some(host) = original_host.and_then(|v| HeaderValue::from_str(v).ok()) {
+            if let Some(host) = host_raw.and_then(|v| HeaderValue::from_str(v).ok()) {
                 h.insert(header::HOST, host);
             }
         }
-        headers::add_forwarded(h, &cx.client_ip_text, cx.tls, original_host);
+        headers::add_forwarded(h, &cx.client_ip_text, cx.tls, host_raw);
         if let Some(ho) = http_opts {
             headers::apply_templates(h, &ho.request_headers, &vars);
             if upgrade {

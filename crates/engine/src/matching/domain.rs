@@ -3,8 +3,14 @@
 //! matches `a.b.example.com` but not `example.com`, and `example.*` matches `example.org`.
 
 /// Lower-cases, trims and strips trailing dots, the normal form both patterns and hosts use.
-pub fn normalize_host(host: &str) -> String {
-    host.trim().trim_end_matches('.').to_ascii_lowercase()
+/// Borrows when the name is already lower-case (the common case: no allocation per request).
+pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let n = host.trim().trim_end_matches('.');
+    if n.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(n.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(n)
+    }
 }
 
 /// A compiled domain pattern.
@@ -25,7 +31,7 @@ enum Kind {
 
 impl DomainPattern {
     pub fn parse(pattern: &str) -> Result<Self, String> {
-        let norm = normalize_host(pattern);
+        let norm = normalize_host(pattern).into_owned();
         if norm.is_empty() {
             return Err("domain pattern must not be empty".into());
         }

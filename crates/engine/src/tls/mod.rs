@@ -64,7 +64,7 @@ impl SniResolver {
         let found = sni.and_then(|name| {
             let n = normalize_host(name);
             self.exact
-                .get(&n)
+                .get(&*n)
                 .cloned()
                 .or_else(|| self.wildcard.iter().find(|(p, _)| p.matches(&n)).map(|(_, c)| c.clone()))
         });
