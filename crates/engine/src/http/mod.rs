@@ -127,11 +127,10 @@ where
             r = conn.as_mut() => return if r.is_ok() { Termination::ClientClosed } else { Termination::ClientError },
             _ = crate::timer::sleep_until_opt(idle_at) => {
                 let d = idle.unwrap_or_default();
-                let next = tokio::time::Instant::from_std(cx.rec.last_activity()) + d;
-                if next <= tokio::time::Instant::now() {
-                    return Termination::InactivityTimeout;
+                match crate::timer::idle_deadline(&cx.rec, d, tokio::time::Instant::now()) {
+                    Some(next) => idle_at = Some(next),
+                    None => return Termination::InactivityTimeout,
                 }
-                idle_at = Some(next);
             }
         }
     }

@@ -513,11 +513,10 @@ async fn relay_timed(
                     return Termination::MaxLifetime;
                 }
                 if let Some(d) = idle {
-                    let next = Instant::from_std(rec.last_activity()) + d;
-                    if next <= now {
-                        return Termination::InactivityTimeout;
+                    match crate::timer::idle_deadline(rec, d, now) {
+                        Some(next) => idle_at = Some(next),
+                        None => return Termination::InactivityTimeout,
                     }
-                    idle_at = Some(next);
                 }
             }
         }
