@@ -280,6 +280,8 @@ impl Proxy {
                 format!("{} connections did not close within gracefulShutdownTimeout", run.shared.tracker.len()),
             );
         }
+        // Idle keep-alive connections to backends close now, not when the last handle goes.
+        run.shared.backends.clear_pool();
         Self::shutdown_runtime(run).await;
         Ok(())
     }

@@ -8,16 +8,19 @@
 //! directions; nothing is buffered whole.
 
 mod access;
+mod chunked;
+mod h1;
 pub mod headers;
 mod ws;
 
 pub use access::RateLimiter;
 
-use crate::config::{ProxyOptions, TlsMode};
+use crate::config::{ProxyOptions, TlsMode, UrlRewrite};
 use crate::conn::{ConnRecord, Termination};
 use crate::detect::TlsVersion;
 use crate::listener::Shared;
 use crate::matching::{is_authorized, CompiledRoute, HttpView, MatchInput, SelectedTarget};
+use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use headers::TemplateVars;
 use http::header::{self, HeaderValue};
@@ -53,6 +56,8 @@ const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Pooled clients to backends: HTTP/1.1 and HTTP/2, each able to speak plain HTTP or TLS.
 pub struct Backends {
+    /// Idle HTTP/1.1 backend connections of the fast path.
+    pool: h1::Pool,
     h1: BackendClient,
     h2: BackendClient,
     tls_h1: Arc<rustls::ClientConfig>,
@@ -90,7 +95,7 @@ impl Backends {
         b1.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new());
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).http2_only(true);
-        Ok(Backends { h1: b1.build(c1), h2: b2.build(c2), tls_h1 })
+        Ok(Backends { pool: h1::Pool::default(), h1: b1.build(c1), h2: b2.build(c2), tls_h1 })
     }
 }
 
@@ -109,30 +114,43 @@ pub struct HttpConn {
 }
 
 /// Serves HTTP on `io` until the client leaves, the idle limit passes, or the proxy stops.
-pub async fn serve<IO>(io: IO, cx: Arc<HttpConn>, idle: Option<Duration>) -> Termination
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let io = Counted { inner: io, rec: cx.rec.clone() };
-    let svc_cx = cx.clone();
-    let svc = hyper::service::service_fn(move |req| handle(req, svc_cx.clone()));
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-    b.http2().timer(TokioTimer::new());
-    let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
+///
+/// HTTP/1.1 requests go through the fast path ([`h1`]); HTTP/2 (ALPN or prior knowledge) and
+/// the rarer HTTP/1 cases (upgrades, `Expect`, HTTP/1.0, routes with authentication, CORS,
+/// re-encryption, HTTP/2 backends or target functions) are handed to the hyper server, which
+/// then keeps the connection.
+pub async fn serve<IO: h1::ClientIo>(io: IO, cx: Arc<HttpConn>, idle: Option<Duration>) -> Termination {
+    let rec = cx.rec.clone();
+    let conn = h1::run(io, cx);
     tokio::pin!(conn);
     let mut idle_at = idle.map(|d| tokio::time::Instant::now() + d);
     loop {
         tokio::select! {
-            r = conn.as_mut() => return if r.is_ok() { Termination::ClientClosed } else { Termination::ClientError },
+            t = conn.as_mut() => return t,
             _ = crate::timer::sleep_until_opt(idle_at) => {
                 let d = idle.unwrap_or_default();
-                match crate::timer::idle_deadline(&cx.rec, d, tokio::time::Instant::now()) {
+                match crate::timer::idle_deadline(&rec, d, tokio::time::Instant::now()) {
                     Some(next) => idle_at = Some(next),
                     None => return Termination::InactivityTimeout,
                 }
             }
         }
+    }
+}
+
+/// The hyper server on a connection whose bytes are already counted (see [`Counted`]).
+async fn serve_hyper<IO>(io: IO, cx: Arc<HttpConn>) -> Termination
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_cx = cx.clone();
+    let svc = hyper::service::service_fn(move |req| handle(req, svc_cx.clone()));
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    b.http2().timer(TokioTimer::new());
+    match b.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+        Ok(()) => Termination::ClientClosed,
+        Err(_) => Termination::ClientError,
     }
 }
 
@@ -161,15 +179,21 @@ fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     r
 }
 
-/// The one place engine failures become HTTP statuses.
-fn error_response(status: StatusCode) -> Response<ProxyBody> {
+/// The one place engine failures become HTTP statuses (status and body text), for both paths.
+fn error_text(status: StatusCode) -> (StatusCode, &'static str) {
     match status {
-        StatusCode::NOT_FOUND => text(status, "Not Found: no route matches this request\n"),
-        StatusCode::FORBIDDEN => text(status, "Forbidden\n"),
-        StatusCode::GATEWAY_TIMEOUT => text(status, "Gateway Timeout: the backend did not answer in time\n"),
-        StatusCode::BAD_REQUEST => text(status, "Bad Request\n"),
-        _ => text(StatusCode::BAD_GATEWAY, "Bad Gateway: the backend could not be reached\n"),
+        StatusCode::NOT_FOUND => (status, "Not Found: no route matches this request\n"),
+        StatusCode::FORBIDDEN => (status, "Forbidden\n"),
+        StatusCode::GATEWAY_TIMEOUT => (status, "Gateway Timeout: the backend did not answer in time\n"),
+        StatusCode::BAD_REQUEST => (status, "Bad Request\n"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (status, "Request Header Fields Too Large\n"),
+        _ => (StatusCode::BAD_GATEWAY, "Bad Gateway: the backend could not be reached\n"),
     }
+}
+
+fn error_response(status: StatusCode) -> Response<ProxyBody> {
+    let (status, body) = error_text(status);
+    text(status, body)
 }
 
 fn classify_client_error(e: &(dyn std::error::Error + 'static)) -> StatusCode {
@@ -203,10 +227,70 @@ struct Chosen {
     route: Option<Arc<CompiledRoute>>,
     target: SelectedTarget,
     backends: Option<Arc<Backends>>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 async fn handle(req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
     Ok(handle_inner(req, &cx).await.unwrap_or_else(error_response))
+}
+
+/// The route, client check and target of one request; `Err` is the status that refuses it.
+/// Shared by the hyper path and the HTTP/1.1 fast path.
+fn choose(snap: &Snapshot, cx: &HttpConn, input: &MatchInput) -> Result<Chosen, StatusCode> {
+    match snap.table.find_http(input, cx.tls) {
+        Some(i) => {
+            let route = snap.table.route(i).clone();
+            let sec = &route.route.security;
+            if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
+                return Err(StatusCode::FORBIDDEN);
+            }
+            let target = snap.table.select_target(i, input).ok_or(StatusCode::NOT_FOUND)?;
+            Ok(Chosen {
+                target,
+                backends: snap.backends.get(i).cloned().flatten(),
+                limiter: snap.limiters.get(i).cloned().flatten(),
+                route: Some(route),
+            })
+        }
+        None => match &cx.sh.options.default_target {
+            Some(d) => {
+                let sec = &cx.sh.options.default_security;
+                if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
+                    return Err(StatusCode::FORBIDDEN);
+                }
+                Ok(Chosen {
+                    route: None,
+                    target: SelectedTarget::fixed(d.host.clone(), d.port),
+                    backends: None,
+                    limiter: None,
+                })
+            }
+            None => Err(StatusCode::NOT_FOUND),
+        },
+    }
+}
+
+/// `advanced.urlRewrite` applied to a request's path and query.
+fn rewrite_url(rw: &UrlRewrite, path_and_query: &str) -> String {
+    let (subject, tail) = match (rw.only_path, path_and_query.split_once('?')) {
+        (true, Some((p, q))) => (p, Some(q)),
+        _ => (path_and_query, None),
+    };
+    let replaced = if rw.global {
+        rw.pattern.replace_all(subject, rw.target.as_str())
+    } else {
+        rw.pattern.replace(subject, rw.target.as_str())
+    };
+    let mut out = String::with_capacity(replaced.len() + tail.map_or(0, |t| t.len() + 2));
+    if !replaced.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(&replaced);
+    if let Some(q) = tail {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Response<ProxyBody>, StatusCode> {
@@ -230,32 +314,13 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
             http: Some(&view),
             tls_version: cx.tls_version,
         };
-        match snap.table.find_http(&input, cx.tls) {
-            Some(i) => {
-                let route = snap.table.route(i).clone();
-                let sec = &route.route.security;
-                if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
-                    return Err(StatusCode::FORBIDDEN);
-                }
-                if let Some(denied) =
-                    check_access(&route, snap.limiters.get(i).and_then(|l| l.as_deref()), cx, path, req.headers())
-                {
-                    return Ok(denied);
-                }
-                let target = snap.table.select_target(i, &input).ok_or(StatusCode::NOT_FOUND)?;
-                Chosen { target, backends: snap.backends.get(i).cloned().flatten(), route: Some(route) }
+        let chosen = choose(&snap, cx, &input)?;
+        if let Some(route) = chosen.route.as_deref() {
+            if let Some(denied) = check_access(route, chosen.limiter.as_deref(), cx, path, req.headers()) {
+                return Ok(denied);
             }
-            None => match &cx.sh.options.default_target {
-                Some(d) => {
-                    let sec = &cx.sh.options.default_security;
-                    if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
-                        return Err(StatusCode::FORBIDDEN);
-                    }
-                    Chosen { route: None, target: SelectedTarget::fixed(d.host.clone(), d.port), backends: None }
-                }
-                None => return Err(StatusCode::NOT_FOUND),
-            },
         }
+        chosen
     };
     let mut chosen = chosen;
     if let Some(r) = chosen.route.as_deref() {
@@ -324,21 +389,7 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
     // Path (and query) after `advanced.urlRewrite`; `None` keeps the request's own.
     let mut rewritten: Option<String> = None;
     if let Some(rw) = http_opts.and_then(|h| h.url_rewrite.as_ref()) {
-        let mut path_and_query = uri0.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        let (subject, tail) = match (rw.only_path, path_and_query.split_once('?')) {
-            (true, Some((p, q))) => (p.to_owned(), format!("?{q}")),
-            _ => (path_and_query.clone(), String::new()),
-        };
-        let replaced = if rw.global {
-            rw.pattern.replace_all(&subject, rw.target.as_str())
-        } else {
-            rw.pattern.replace(&subject, rw.target.as_str())
-        };
-        path_and_query = format!("{replaced}{tail}");
-        if !path_and_query.starts_with('/') {
-            path_and_query.insert(0, '/');
-        }
-        rewritten = Some(path_and_query);
+        rewritten = Some(rewrite_url(rw, uri0.path_and_query().map_or("/", |p| p.as_str())));
     }
 
     let upgrade = is_upgrade(&req);
@@ -548,6 +599,13 @@ where
 struct Counted<IO> {
     inner: IO,
     rec: Arc<ConnRecord>,
+}
+
+impl Backends {
+    /// Closes the idle pooled backend connections (the proxy is stopping).
+    pub fn clear_pool(&self) {
+        self.pool.clear();
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {

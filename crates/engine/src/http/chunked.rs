@@ -1,0 +1,181 @@
+//! Finds where a `Transfer-Encoding: chunked` body ends without decoding it: the HTTP/1.1 fast
+//! path passes chunked bodies through verbatim (chunk sizes, extensions and trailers included)
+//! and only needs to know which bytes still belong to the message.
+
+/// Chunk sizes beyond this are refused (a length that cannot be real, or an overflow attempt).
+const MAX_CHUNK: u64 = 1 << 40;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading the hex digits of a chunk size.
+    Size {
+        n: u64,
+        digits: u8,
+    },
+    /// Skipping a chunk extension (`;name=value`) or whitespace up to the line end.
+    Ext {
+        n: u64,
+    },
+    /// Saw `\r` after the size line, expecting `\n`.
+    SizeLf {
+        n: u64,
+    },
+    /// Inside chunk data, this many bytes left.
+    Data(u64),
+    /// After chunk data: expecting `\r\n`.
+    DataCr,
+    DataLf,
+    /// In the trailer section, at the start of a line.
+    TrailerStart,
+    /// Inside a trailer field line.
+    TrailerLine,
+    /// Saw `\r` at the start of a trailer line: the final `\n` ends the body.
+    EndLf,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkError;
+
+/// Tracks a chunked body's framing across reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunked {
+    state: State,
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Chunked { state: State::Size { n: 0, digits: 0 } }
+    }
+}
+
+impl Chunked {
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Scans `buf`, the next bytes of the body, and returns how many of them belong to it (all of
+    /// them unless the body ends inside `buf`; what follows belongs to the next message).
+    pub fn feed(&mut self, buf: &[u8]) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < buf.len() {
+            let b = buf[i];
+            self.state = match self.state {
+                State::Done => return Ok(i),
+                State::Data(left) => {
+                    let take = left.min((buf.len() - i) as u64);
+                    i += take as usize;
+                    self.state = if take == left { State::DataCr } else { State::Data(left - take) };
+                    continue;
+                }
+                State::Size { n, digits } => match hex(b) {
+                    Some(d) => {
+                        let n = n * 16 + u64::from(d);
+                        if n > MAX_CHUNK {
+                            return Err(ChunkError);
+                        }
+                        State::Size { n, digits: digits.saturating_add(1) }
+                    }
+                    None if digits == 0 => return Err(ChunkError),
+                    None => match b {
+                        b'\r' => State::SizeLf { n },
+                        b'\n' => size_line_done(n),
+                        b';' | b' ' | b'\t' => State::Ext { n },
+                        _ => return Err(ChunkError),
+                    },
+                },
+                State::Ext { n } => match b {
+                    b'\r' => State::SizeLf { n },
+                    b'\n' => size_line_done(n),
+                    _ => State::Ext { n },
+                },
+                State::SizeLf { n } => match b {
+                    b'\n' => size_line_done(n),
+                    _ => return Err(ChunkError),
+                },
+                State::DataCr => match b {
+                    b'\r' => State::DataLf,
+                    _ => return Err(ChunkError),
+                },
+                State::DataLf => match b {
+                    b'\n' => State::Size { n: 0, digits: 0 },
+                    _ => return Err(ChunkError),
+                },
+                State::TrailerStart => match b {
+                    b'\r' => State::EndLf,
+                    b'\n' => State::Done,
+                    _ => State::TrailerLine,
+                },
+                State::TrailerLine => match b {
+                    b'\n' => State::TrailerStart,
+                    _ => State::TrailerLine,
+                },
+                State::EndLf => match b {
+                    b'\n' => State::Done,
+                    _ => return Err(ChunkError),
+                },
+            };
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+fn size_line_done(n: u64) -> State {
+    if n == 0 {
+        State::TrailerStart
+    } else {
+        State::Data(n)
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(body: &[u8]) -> Result<usize, ChunkError> {
+        let mut c = Chunked::default();
+        let n = c.feed(body)?;
+        assert!(c.is_done(), "not done after {n}");
+        Ok(n)
+    }
+
+    #[test]
+    fn ends_where_the_body_ends() {
+        let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
+        assert_eq!(whole(body), Ok(body.len() - 16));
+        let trailers = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nY: 2\r\n\r\nnext";
+        assert_eq!(whole(trailers), Ok(trailers.len() - 4));
+    }
+
+    #[test]
+    fn any_split_gives_the_same_end() {
+        let body = b"10\r\n0123456789abcdef\r\n2\r\nxy\r\n0\r\nT: v\r\n\r\nrest";
+        for split in 0..body.len() {
+            let mut c = Chunked::default();
+            let end = body.len() - 4;
+            let a = c.feed(&body[..split]).unwrap();
+            assert_eq!(a, split.min(end));
+            let b = if a < split { 0 } else { c.feed(&body[split..]).unwrap() };
+            assert!(c.is_done());
+            assert_eq!(a + b, end, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_framing() {
+        assert_eq!(Chunked::default().feed(b"zz\r\n"), Err(ChunkError));
+        assert_eq!(Chunked::default().feed(b"\r\n"), Err(ChunkError));
+        assert_eq!(Chunked::default().feed(b"3\r\nabcX"), Err(ChunkError));
+        assert_eq!(Chunked::default().feed(b"fffffffffffffffffff\r\n"), Err(ChunkError));
+    }
+}

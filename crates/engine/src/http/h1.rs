@@ -1,0 +1,1101 @@
+//! The HTTP/1.1 fast path: one task per client connection parses each request head in place,
+//! routes it through the current snapshot, writes a rewritten head to a plain-HTTP backend
+//! connection it keeps for the next request, and streams both bodies by their framing
+//! (`Content-Length`, or chunked passed through verbatim). No header maps, no channel hop to a
+//! pooled connection task, no lock per request; the only shared state touched is the snapshot
+//! and, when a client connection starts or ends, the idle backend [`Pool`].
+//!
+//! What this path does not serve is handed to the hyper server together with the bytes read so
+//! far ([`Prefixed`]), and hyper keeps the connection from then on: HTTP/2, upgrades
+//! (WebSocket), `Expect`, HTTP/1.0, absolute-form targets, transfer codings other than chunked,
+//! and routes that authenticate, rate-limit, answer CORS, re-encrypt, speak HTTP/2 to the
+//! backend or call JavaScript for their target.
+//!
+//! While a client connection is idle it holds no read buffer (idle memory), only its socket,
+//! the kept backend socket and a few words of state.
+
+use super::chunked::Chunked;
+use super::headers::{self, TemplateVars};
+use super::{
+    choose, error_text, rewrite_url, Chosen, Counted, HttpConn, DEFAULT_RESPONSE_TIMEOUT, HEADER_READ_TIMEOUT,
+};
+use crate::config::TlsMode;
+use crate::conn::{ConnRecord, Termination};
+use crate::matching::{CompiledRoute, HttpView, MatchInput, SelectedTarget};
+use dashmap::DashMap;
+use http::header::{HeaderName, HeaderValue};
+use http::StatusCode;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Size of the read buffers (client side while a request is in flight, backend side).
+const BUF: usize = 32 * 1024;
+/// Largest request or response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in one head (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// Idle pooled backend connections are closed after this long.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Idle connections kept per backend address.
+const POOL_MAX_PER_TARGET: usize = 256;
+
+/// A client connection the fast path can serve: plain TCP or terminated TLS.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits for the client's next bytes and appends them to `buf`, which is empty and holds no
+    /// allocation while the connection idles; returns how many bytes came (0: the client left).
+    fn read_idle<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// HTTP/2 was negotiated (ALPN): hyper serves the connection.
+    fn negotiated_h2(&self) -> bool {
+        false
+    }
+}
+
+impl ClientIo for TcpStream {
+    async fn read_idle(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            if buf.capacity() == 0 {
+                *buf = bufs::take();
+            }
+            // `poll_read`, not `try_read`: a short read clears the read readiness, so the next
+            // wait costs no `recv` that fails with `EAGAIN`.
+            match poll_once(self.read_buf(buf)).await {
+                Some(r) => return r,
+                None if buf.is_empty() => bufs::give(std::mem::take(buf)),
+                None => {}
+            }
+        }
+    }
+}
+
+/// A per-thread cache of read buffers: each request takes its buffers here and gives them
+/// back, so the allocator does not return their memory to the kernel and fault it in again on
+/// every request (`madvise` and page faults were 7 % of the proxy's CPU per request).
+mod bufs {
+    use super::BUF;
+    use std::cell::RefCell;
+
+    /// Buffers kept per thread: enough for the requests in flight at once on a worker.
+    const KEEP: usize = 32;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Vec<u8> {
+        FREE.try_with(|f| f.borrow_mut().pop()).ok().flatten().unwrap_or_else(|| Vec::with_capacity(BUF))
+    }
+
+    pub fn give(mut b: Vec<u8>) {
+        if b.capacity() < BUF || b.capacity() > 2 * BUF {
+            return;
+        }
+        b.clear();
+        let _ = FREE.try_with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < KEEP {
+                f.push(b);
+            }
+        });
+    }
+
+    /// A buffer that goes back to the cache when dropped.
+    pub struct Buf(pub Vec<u8>);
+
+    impl Drop for Buf {
+        fn drop(&mut self) {
+            give(std::mem::take(&mut self.0));
+        }
+    }
+
+    impl std::ops::Deref for Buf {
+        type Target = Vec<u8>;
+        fn deref(&self) -> &Vec<u8> {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Buf {
+        fn deref_mut(&mut self) -> &mut Vec<u8> {
+            &mut self.0
+        }
+    }
+}
+
+/// Polls a future once: its output if it is ready right away.
+async fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
+    tokio::pin!(fut);
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        Poll::Ready(r) => Poll::Ready(Some(r)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn read_idle(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        // One byte first: rustls reads and decrypts the whole record into its own buffer, so
+        // this costs no extra syscall, and the rest is taken below without waiting.
+        let mut one = [0u8; 1];
+        if self.read(&mut one).await? == 0 {
+            return Ok(0);
+        }
+        if buf.capacity() == 0 {
+            *buf = bufs::take();
+        }
+        buf.push(one[0]);
+        let rest = poll_once(self.read_buf(buf)).await.transpose()?.unwrap_or(0);
+        Ok(1 + rest)
+    }
+
+    fn negotiated_h2(&self) -> bool {
+        self.get_ref().1.alpn_protocol() == Some(b"h2")
+    }
+}
+
+/// Idle keep-alive connections to plain-HTTP backends, by address. Touched when a client
+/// connection needs a backend it does not already hold, and when it ends.
+#[derive(Default)]
+pub struct Pool {
+    idle: DashMap<(String, u16), Vec<(TcpStream, Instant)>>,
+}
+
+impl Pool {
+    fn take(&self, host: &str, port: u16) -> Option<TcpStream> {
+        let mut list = self.idle.get_mut(&(host.to_owned(), port))?;
+        while let Some((s, since)) = list.pop() {
+            if since.elapsed() < POOL_IDLE && alive(&s) {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, kept: Kept) {
+        if !alive(&kept.stream) {
+            return;
+        }
+        let now = Instant::now();
+        let mut list = self.idle.entry((kept.host, kept.port)).or_default();
+        list.retain(|(_, since)| now.duration_since(*since) < POOL_IDLE);
+        if list.len() >= POOL_MAX_PER_TARGET {
+            list.remove(0);
+        }
+        list.push((kept.stream, now));
+    }
+
+    pub fn clear(&self) {
+        self.idle.clear();
+    }
+}
+
+/// An idle backend connection has nothing to read: data would be out of turn, and a readable
+/// end of stream means the backend closed it.
+fn alive(s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The backend connection a client connection keeps between its requests.
+struct Kept {
+    stream: TcpStream,
+    host: String,
+    port: u16,
+}
+
+/// The client side: its stream, the bytes read and not yet used, and the byte counters.
+struct Client<IO> {
+    io: IO,
+    buf: Vec<u8>,
+    rec: Arc<ConnRecord>,
+}
+
+impl<IO: ClientIo> Client<IO> {
+    fn counted_in(&self, n: usize) {
+        if n > 0 {
+            self.rec.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            self.rec.touch();
+        }
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(BUF);
+        }
+        let n = self.io.read_buf(&mut self.buf).await?;
+        self.counted_in(n);
+        Ok(n)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await?;
+        self.rec.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.rec.touch();
+        Ok(())
+    }
+
+    /// A response made here (an error or a refusal), with `connection: close` when `close`.
+    async fn reply(&mut self, status: StatusCode, close: bool) -> io::Result<()> {
+        let (status, body) = error_text(status);
+        let mut out = Vec::with_capacity(160 + body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        if close {
+            out.extend_from_slice(b"\r\nconnection: close");
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(body.as_bytes());
+        self.send(&out).await
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the backend closes (responses without length or chunking).
+    UntilClose,
+}
+
+impl Framing {
+    /// Takes the part of `buf` that belongs to the body; returns its length.
+    fn take(&mut self, buf: &[u8]) -> Result<usize, ()> {
+        match self {
+            Framing::None => Ok(0),
+            Framing::Length(left) => {
+                let k = (*left).min(buf.len() as u64);
+                *left -= k;
+                Ok(k as usize)
+            }
+            Framing::Chunked(c) => c.feed(buf).map_err(|_| ()),
+            Framing::UntilClose => Ok(buf.len()),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Framing::None => true,
+            Framing::Length(left) => *left == 0,
+            Framing::Chunked(c) => c.is_done(),
+            Framing::UntilClose => false,
+        }
+    }
+}
+
+/// A request ready to go to its backend.
+struct Forward {
+    /// The rewritten head (and, once read, the body bytes that came with it).
+    out: Vec<u8>,
+    body: Framing,
+    host: String,
+    port: u16,
+    head_request: bool,
+    /// The client asked to close after this exchange.
+    client_close: bool,
+    /// `headers.response` of the route, expanded for this request.
+    response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// How long the backend may take to start its response.
+    wait: Duration,
+}
+
+enum Parsed {
+    /// The head is not complete yet.
+    Partial,
+    /// Not for this path: hyper takes the connection.
+    Hyper,
+    /// Answer here: `len` bytes of head, whether the connection closes after.
+    Reply {
+        len: usize,
+        status: StatusCode,
+        close: bool,
+    },
+    Forward(usize, Box<Forward>),
+}
+
+enum Step {
+    Next,
+    End(Termination),
+    Hyper,
+}
+
+/// Serves the connection until the client leaves; hands it to hyper when a request needs it.
+pub async fn run<IO: ClientIo>(io: IO, cx: Arc<HttpConn>) -> Termination {
+    if io.negotiated_h2() {
+        let io = Counted { inner: io, rec: cx.rec.clone() };
+        return Box::pin(super::serve_hyper(io, cx)).await;
+    }
+    let mut c = Client { io, buf: Vec::new(), rec: cx.rec.clone() };
+    let mut kept: Option<Kept> = None;
+    let end = loop {
+        if c.buf.is_empty() {
+            bufs::give(std::mem::take(&mut c.buf));
+            match c.io.read_idle(&mut c.buf).await {
+                Ok(0) => break Termination::ClientClosed,
+                Ok(n) => c.counted_in(n),
+                Err(_) => break Termination::ClientError,
+            }
+        }
+        // Boxed: the state of one exchange must not size the idle connection's future.
+        match Box::pin(exchange(&mut c, &mut kept, &cx)).await {
+            Step::Next => {}
+            Step::End(t) => break t,
+            Step::Hyper => {
+                if let Some(k) = kept.take() {
+                    cx.sh.backends.pool.put(k);
+                }
+                let io =
+                    Prefixed { prefix: std::mem::take(&mut c.buf), pos: 0, inner: Counted { inner: c.io, rec: c.rec } };
+                return Box::pin(super::serve_hyper(io, cx)).await;
+            }
+        }
+    };
+    if let Some(k) = kept.take() {
+        cx.sh.backends.pool.put(k);
+    }
+    bufs::give(c.buf);
+    end
+}
+
+/// One request and its response.
+async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx: &HttpConn) -> Step {
+    let mut head_deadline = None;
+    let (head_len, fw) = loop {
+        match prepare(&c.buf, cx) {
+            Parsed::Partial => {
+                if c.buf.len() >= MAX_HEAD {
+                    let _ = c.reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, true).await;
+                    return Step::End(Termination::ClientError);
+                }
+                let deadline = *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+                match tokio::time::timeout_at(deadline, c.read_more()).await {
+                    Ok(Ok(0)) => return Step::End(Termination::ClientClosed),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) | Err(_) => return Step::End(Termination::ClientError),
+                }
+            }
+            Parsed::Hyper => return Step::Hyper,
+            Parsed::Reply { len, status, close } => {
+                c.buf.drain(..len.min(c.buf.len()));
+                if c.reply(status, close).await.is_err() || close {
+                    return Step::End(if status == StatusCode::BAD_REQUEST {
+                        Termination::ClientError
+                    } else {
+                        Termination::ClientClosed
+                    });
+                }
+                return Step::Next;
+            }
+            Parsed::Forward(len, fw) => break (len, fw),
+        }
+    };
+    let Forward { mut out, mut body, host, port, head_request, client_close, response_headers, wait } = *fw;
+    c.buf.drain(..head_len);
+    // The body bytes that came with the head go out with it.
+    let Ok(k) = body.take(&c.buf) else {
+        let _ = c.reply(StatusCode::BAD_REQUEST, true).await;
+        return Step::End(Termination::ClientError);
+    };
+    out.extend_from_slice(&c.buf[..k]);
+    c.buf.drain(..k);
+    let replayable = body.done();
+
+    let pool = &cx.sh.backends.pool;
+    let reused = match kept.take() {
+        Some(k) if k.host == host && k.port == port && alive(&k.stream) => Some(k.stream),
+        other => {
+            if let Some(k) = other {
+                pool.put(k);
+            }
+            pool.take(&host, port)
+        }
+    };
+    let mut fresh = reused.is_none();
+    let mut be = match reused {
+        Some(s) => s,
+        None => match connect(cx, &host, port).await {
+            Ok(s) => s,
+            Err(status) => return refuse(c, status, replayable).await,
+        },
+    };
+    let mut bbuf = bufs::Buf(bufs::take());
+    let mut early = false;
+    // Sends the request; a kept connection the backend closed meanwhile is retried once on a
+    // new one when the whole request is still at hand.
+    loop {
+        if be.write_all(&out).await.is_err() {
+            if !fresh && replayable {
+                be = match connect(cx, &host, port).await {
+                    Ok(s) => s,
+                    Err(status) => return refuse(c, status, true).await,
+                };
+                fresh = true;
+                continue;
+            }
+            return refuse(c, StatusCode::BAD_GATEWAY, replayable).await;
+        }
+        if !body.done() {
+            match send_body(c, &mut be, &mut body, &mut bbuf.0).await {
+                Ok(()) => {}
+                Err(BodyError::Early) => early = true,
+                Err(BodyError::Client) => return Step::End(Termination::ClientError),
+                Err(BodyError::Framing) => {
+                    let _ = c.reply(StatusCode::BAD_REQUEST, true).await;
+                    return Step::End(Termination::ClientError);
+                }
+                Err(BodyError::Backend) => return refuse(c, StatusCode::BAD_GATEWAY, false).await,
+            }
+        }
+        if bbuf.is_empty() {
+            // Nothing yet: wait for the first bytes of the response (the one timer per request).
+            bbuf.reserve(BUF);
+            match tokio::time::timeout(wait, be.read_buf(&mut bbuf.0)).await {
+                Err(_) => return refuse(c, StatusCode::GATEWAY_TIMEOUT, body.done()).await,
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) if !fresh && replayable => {
+                    // Closed or reset before answering: the kept connection had gone stale.
+                    be = match connect(cx, &host, port).await {
+                        Ok(s) => s,
+                        Err(status) => return refuse(c, status, true).await,
+                    };
+                    fresh = true;
+                    continue;
+                }
+                Ok(_) => return refuse(c, StatusCode::BAD_GATEWAY, body.done()).await,
+            }
+        }
+        break;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let meta = ResponseMeta { head_request, client_close: client_close || early, response_headers: &response_headers };
+    let resp = loop {
+        match parse_response(&bbuf, &meta) {
+            Err(()) => return refuse(c, StatusCode::BAD_GATEWAY, body.done()).await,
+            Ok(Some(r)) if r.interim => {
+                // 1xx (not 101): passed on, the final response follows.
+                if c.send(&bbuf[..r.len]).await.is_err() {
+                    return Step::End(Termination::ClientError);
+                }
+                bbuf.drain(..r.len);
+            }
+            Ok(Some(r)) => break r,
+            Ok(None) => {
+                if bbuf.len() >= MAX_HEAD {
+                    return refuse(c, StatusCode::BAD_GATEWAY, body.done()).await;
+                }
+                if bbuf.capacity() - bbuf.len() < 1024 {
+                    bbuf.reserve(BUF);
+                }
+                match tokio::time::timeout_at(deadline, be.read_buf(&mut bbuf.0)).await {
+                    Err(_) => return refuse(c, StatusCode::GATEWAY_TIMEOUT, body.done()).await,
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return refuse(c, StatusCode::BAD_GATEWAY, body.done()).await,
+                }
+            }
+        }
+    };
+    let Response { len, out: mut head, mut framing, mut backend_keep, close_client, .. } = resp;
+    // The head and the body bytes read with it go to the client in one write.
+    let Ok(k) = framing.take(&bbuf[len..]) else {
+        return Step::End(Termination::BackendError);
+    };
+    if len + k < bbuf.len() {
+        backend_keep = false; // bytes after the response: the connection is out of step
+    }
+    head.extend_from_slice(&bbuf[len..len + k]);
+    if c.send(&head).await.is_err() {
+        return Step::End(Termination::ClientError);
+    }
+    drop(head);
+    while !framing.done() {
+        bbuf.clear();
+        let n = match be.read_buf(&mut bbuf.0).await {
+            Ok(n) => n,
+            Err(_) => return Step::End(Termination::BackendError),
+        };
+        if n == 0 {
+            if framing == Framing::UntilClose {
+                break;
+            }
+            // Cut short: the client cannot tell, except by the connection closing.
+            return Step::End(Termination::BackendClosed);
+        }
+        let Ok(k) = framing.take(&bbuf) else {
+            return Step::End(Termination::BackendError);
+        };
+        if k < n {
+            backend_keep = false;
+        }
+        if c.send(&bbuf[..k]).await.is_err() {
+            return Step::End(Termination::ClientError);
+        }
+    }
+    if backend_keep && !early {
+        *kept = Some(Kept { stream: be, host, port });
+    }
+    if close_client || early {
+        let _ = c.io.shutdown().await;
+        return Step::End(Termination::ClientClosed);
+    }
+    Step::Next
+}
+
+/// Answers the client with an error status; keeps the connection when the request was read
+/// whole (`keep`), else closes it.
+async fn refuse<IO: ClientIo>(c: &mut Client<IO>, status: StatusCode, keep: bool) -> Step {
+    if c.reply(status, !keep).await.is_err() {
+        return Step::End(Termination::ClientError);
+    }
+    if keep {
+        Step::Next
+    } else {
+        Step::End(Termination::BackendError)
+    }
+}
+
+async fn connect(cx: &HttpConn, host: &str, port: u16) -> Result<TcpStream, StatusCode> {
+    match tokio::time::timeout(cx.sh.options.connection_timeout, TcpStream::connect((host, port))).await {
+        Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
+        Ok(Err(e)) => {
+            cx.sh.debug(|| format!("backend {host}:{port}: {e}"));
+            Err(StatusCode::BAD_GATEWAY)
+        }
+        Ok(Ok(s)) => {
+            crate::tcp::apply(&s, cx.sh.socket_options());
+            Ok(s)
+        }
+    }
+}
+
+enum BodyError {
+    /// The backend answered before the body was sent.
+    Early,
+    Client,
+    Backend,
+    Framing,
+}
+
+/// Streams the rest of the request body; stops early if the backend starts answering (the
+/// answer is then in `bbuf`).
+async fn send_body<IO: ClientIo>(
+    c: &mut Client<IO>,
+    be: &mut TcpStream,
+    body: &mut Framing,
+    bbuf: &mut Vec<u8>,
+) -> Result<(), BodyError> {
+    let (mut br, mut bw) = be.split();
+    bbuf.reserve(BUF);
+    while !body.done() {
+        let n = tokio::select! {
+            biased;
+            r = br.read_buf(bbuf) => return Err(match r {
+                Ok(n) if n > 0 => BodyError::Early,
+                _ => BodyError::Backend,
+            }),
+            r = c.read_more() => r.map_err(|_| BodyError::Client)?,
+        };
+        if n == 0 {
+            return Err(BodyError::Client);
+        }
+        let k = body.take(&c.buf).map_err(|_| BodyError::Framing)?;
+        tokio::select! {
+            biased;
+            r = br.read_buf(bbuf) => return Err(match r {
+                Ok(n) if n > 0 => BodyError::Early,
+                _ => BodyError::Backend,
+            }),
+            r = bw.write_all(&c.buf[..k]) => r.map_err(|_| BodyError::Backend)?,
+        }
+        c.buf.drain(..k);
+    }
+    Ok(())
+}
+
+/// Request facts for [`HttpView`] (route matching by path and headers).
+struct View<'a, 'h> {
+    method: &'a str,
+    path: &'a str,
+    headers: &'h [httparse::Header<'a>],
+}
+
+impl HttpView for View<'_, '_> {
+    fn method(&self) -> &str {
+        self.method
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
+    }
+}
+
+/// Hop-by-hop request headers never forwarded as they came (framing is rewritten; the
+/// `X-Forwarded-*` headers are set by the proxy).
+const REQUEST_DROPPED: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// Hop-by-hop response headers (framing headers stay: the body goes through as it came).
+const RESPONSE_DROPPED: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(v).unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// Whether the route (or target) needs something only the hyper path does.
+fn needs_hyper(route: Option<&CompiledRoute>, chosen: &Chosen) -> bool {
+    chosen.target.host_fn.is_some()
+        || chosen.target.port_fn.is_some()
+        || chosen.backends.is_some()
+        || route.is_some_and(|r| {
+            let h = &r.forward().http;
+            r.route.security.needs_http()
+                || r.tls_mode() == Some(TlsMode::TerminateAndReencrypt)
+                || h.cors.is_some()
+                || h.backend_http2
+        })
+}
+
+/// Parses a request head at the start of `buf`, routes it and builds the head for the backend.
+fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
+    if buf.starts_with(b"PRI ") {
+        return Parsed::Hyper; // the HTTP/2 connection preface (prior knowledge)
+    }
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut hs);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Reply { len: buf.len(), status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, close: true }
+        }
+        Err(_) => return Parsed::Reply { len: buf.len(), status: StatusCode::BAD_REQUEST, close: true },
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Hyper;
+    };
+    if !target.starts_with('/') || method == "CONNECT" {
+        return Parsed::Hyper;
+    }
+    let bad = Parsed::Reply { len, status: StatusCode::BAD_REQUEST, close: true };
+    let mut host: Option<&str> = None;
+    let mut length: Option<u64> = None;
+    let mut te_headers = 0;
+    let mut chunked = false;
+    let mut close = false;
+    let mut has_connection = false;
+    let mut upgrade_token = false;
+    let mut upgrade = false;
+    let mut xff_count = 0;
+    for h in req.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("host") {
+            if host.is_none() {
+                match std::str::from_utf8(h.value) {
+                    Ok(v) => host = Some(v.trim()),
+                    Err(_) => return bad,
+                }
+            }
+        } else if n.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+            let Some(l) =
+                (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse::<u64>().ok()).flatten()
+            else {
+                return bad;
+            };
+            if length.is_some_and(|prev| prev != l) {
+                return bad;
+            }
+            length = Some(l);
+        } else if n.eq_ignore_ascii_case("transfer-encoding") {
+            te_headers += 1;
+            chunked = std::str::from_utf8(h.value).is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        } else if n.eq_ignore_ascii_case("connection") {
+            has_connection = true;
+            for t in tokens(h.value) {
+                close |= t.eq_ignore_ascii_case("close");
+                upgrade_token |= t.eq_ignore_ascii_case("upgrade");
+            }
+        } else if n.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        } else if n.eq_ignore_ascii_case("expect") {
+            return Parsed::Hyper;
+        } else if n.eq_ignore_ascii_case("x-forwarded-for") {
+            xff_count += 1;
+        }
+    }
+    if (upgrade && upgrade_token) || te_headers > 1 || (te_headers == 1 && !chunked) {
+        return Parsed::Hyper;
+    }
+    let Some(host) = host else { return Parsed::Hyper };
+    let body = match (chunked, length) {
+        (true, _) => Framing::Chunked(Chunked::default()),
+        (false, Some(n)) if n > 0 => Framing::Length(n),
+        _ => Framing::None,
+    };
+    let has_body = body != Framing::None;
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let domain = crate::detect::strip_port(host);
+    let view = View { method, path, headers: req.headers };
+    let input = MatchInput {
+        port: cx.port,
+        client_ip: cx.client_ip,
+        domain: Some(&domain),
+        http: Some(&view),
+        tls_version: cx.tls_version,
+    };
+    let snap = cx.sh.snapshot.load();
+    let chosen = match choose(&snap, cx, &input) {
+        Ok(c) => c,
+        Err(status) => return Parsed::Reply { len, status, close: has_body || close },
+    };
+    let route = chosen.route.as_deref();
+    if route.is_some_and(|r| r.socket_handler().is_some()) {
+        // Socket handlers take whole connections at layer 4, never single requests.
+        return Parsed::Reply { len, status: StatusCode::NOT_FOUND, close: has_body || close };
+    }
+    if needs_hyper(route, &chosen) {
+        return Parsed::Hyper;
+    }
+    let http_opts = route.map(|r| &r.forward().http);
+    let vars = TemplateVars {
+        domain: &domain,
+        client_ip: &cx.client_ip_text,
+        path,
+        query: query.unwrap_or(""),
+        method,
+        route_name: route.map_or("", |r| &*r.name),
+        route_id: route.and_then(|r| r.route.id.as_deref()).unwrap_or(""),
+        port: cx.port,
+        connection_id: cx.rec.id,
+        target_host: &chosen.target.host,
+        target_port: chosen.target.port,
+    };
+    let request_templates = http_opts.map_or(&[][..], |h| &h.request_headers[..]);
+    let listed: Vec<&str> = if has_connection {
+        req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).flat_map(|h| tokens(h.value)).collect()
+    } else {
+        Vec::new()
+    };
+
+    let mut out = Vec::with_capacity(len + 160);
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    match http_opts.and_then(|h| h.url_rewrite.as_ref()) {
+        Some(rw) => out.extend_from_slice(rewrite_url(rw, target).as_bytes()),
+        None => out.extend_from_slice(target.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in req.headers.iter() {
+        let n = h.name;
+        if REQUEST_DROPPED.iter().any(|d| n.eq_ignore_ascii_case(d))
+            || listed.iter().any(|d| n.eq_ignore_ascii_case(d))
+            || request_templates.iter().any(|t| n.eq_ignore_ascii_case(t.name.as_str()))
+        {
+            continue;
+        }
+        push_header(&mut out, n.as_bytes(), h.value);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if xff_count > 0 {
+        for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
+            let v = h.value.trim_ascii();
+            if !v.is_empty() {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    out.extend_from_slice(cx.client_ip_text.as_bytes());
+    out.extend_from_slice(if cx.tls {
+        b"\r\nx-forwarded-proto: https\r\n"
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n"
+    });
+    push_header(&mut out, b"x-forwarded-host", host.as_bytes());
+    for t in request_templates {
+        if let Ok(v) = HeaderValue::from_str(&headers::expand(&t.value, &vars)) {
+            push_header(&mut out, t.name.as_str().as_bytes(), v.as_bytes());
+        }
+    }
+    match body {
+        Framing::Chunked(_) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let response_headers = http_opts.map_or_else(Vec::new, |h| {
+        h.response_headers
+            .iter()
+            .filter_map(|t| HeaderValue::from_str(&headers::expand(&t.value, &vars)).ok().map(|v| (t.name.clone(), v)))
+            .collect()
+    });
+    let wait = http_opts.and_then(|h| h.request_timeout).unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
+    let SelectedTarget { host: target_host, port: target_port, .. } = chosen.target;
+    Parsed::Forward(
+        len,
+        Box::new(Forward {
+            out,
+            body,
+            host: target_host,
+            port: target_port,
+            head_request: method == "HEAD",
+            client_close: close,
+            response_headers,
+            wait,
+        }),
+    )
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+struct ResponseMeta<'a> {
+    head_request: bool,
+    client_close: bool,
+    response_headers: &'a [(HeaderName, HeaderValue)],
+}
+
+/// A backend response head, parsed.
+struct Response {
+    len: usize,
+    /// 1xx other than 101: forwarded as it came, then the next head follows.
+    interim: bool,
+    /// The rewritten head for the client (final responses).
+    out: Vec<u8>,
+    framing: Framing,
+    /// The backend connection can carry another request once the body is through.
+    backend_keep: bool,
+    /// The client connection closes after this response.
+    close_client: bool,
+}
+
+/// Parses a response head at the start of `buf` (`Ok(None)`: not complete yet).
+fn parse_response(buf: &[u8], meta: &ResponseMeta) -> Result<Option<Response>, ()> {
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut hs);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(version), Some(code)) = (r.version, r.code) else { return Err(()) };
+    if (100..200).contains(&code) {
+        if code == 101 {
+            return Err(()); // no upgrade was asked for on this path
+        }
+        return Ok(Some(Response {
+            len,
+            interim: true,
+            out: Vec::new(),
+            framing: Framing::None,
+            backend_keep: false,
+            close_client: false,
+        }));
+    }
+    let mut length: Option<u64> = None;
+    let mut te: Option<bool> = None; // Some(last coding is chunked)
+    let mut close = version == 0;
+    let mut has_connection = false;
+    for h in r.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("content-length") {
+            let l = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(())?;
+            if length.is_some_and(|p| p != l) {
+                return Err(());
+            }
+            length = Some(l);
+        } else if n.eq_ignore_ascii_case("transfer-encoding") {
+            te = Some(tokens(h.value).last().is_some_and(|t| t.eq_ignore_ascii_case("chunked")));
+        } else if n.eq_ignore_ascii_case("connection") {
+            has_connection = true;
+            close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case("close"));
+        }
+    }
+    let framing = if meta.head_request || code == 204 || code == 304 {
+        Framing::None
+    } else {
+        match (te, length) {
+            (Some(true), _) => Framing::Chunked(Chunked::default()),
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    let close_client = meta.client_close || framing == Framing::UntilClose;
+    let listed: Vec<&str> = if has_connection {
+        r.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).flat_map(|h| tokens(h.value)).collect()
+    } else {
+        Vec::new()
+    };
+    let mut out = Vec::with_capacity(len + 64);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(code).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(r.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in r.headers.iter() {
+        let n = h.name;
+        if RESPONSE_DROPPED.iter().any(|d| n.eq_ignore_ascii_case(d))
+            || listed.iter().any(|d| n.eq_ignore_ascii_case(d))
+            || meta.response_headers.iter().any(|(t, _)| n.eq_ignore_ascii_case(t.as_str()))
+        {
+            continue;
+        }
+        push_header(&mut out, n.as_bytes(), h.value);
+    }
+    for (n, v) in meta.response_headers {
+        push_header(&mut out, n.as_str().as_bytes(), v.as_bytes());
+    }
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(Response {
+        len,
+        interim: false,
+        out,
+        framing,
+        backend_keep: !close && framing != Framing::UntilClose,
+        close_client,
+    }))
+}
+
+/// A three-digit status code as text.
+fn itoa3(code: u16) -> [u8; 3] {
+    let c = code.min(999);
+    [b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]
+}
+
+/// A connection handed to hyper: the bytes already read come first.
+pub(super) struct Prefixed<IO> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ResponseMeta<'static> {
+        ResponseMeta { head_request: false, client_close: false, response_headers: &[] }
+    }
+
+    #[test]
+    fn response_framing_and_hop_by_hop() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Keep: 2\r\n\r\nhello";
+        let r = parse_response(raw, &meta()).unwrap().unwrap();
+        assert_eq!(r.len, raw.len() - 5);
+        assert_eq!(r.framing, Framing::Length(5));
+        assert!(r.backend_keep && !r.close_client);
+        let head = String::from_utf8(r.out).unwrap();
+        assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Keep: 2\r\n\r\n");
+    }
+
+    #[test]
+    fn response_without_length_closes() {
+        let r = parse_response(b"HTTP/1.0 200 OK\r\nX: 1\r\n\r\n", &meta()).unwrap().unwrap();
+        assert_eq!(r.framing, Framing::UntilClose);
+        assert!(!r.backend_keep && r.close_client);
+        assert!(String::from_utf8(r.out).unwrap().ends_with("connection: close\r\n\r\n"));
+        let head = ResponseMeta { head_request: true, ..meta() };
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &head).unwrap().unwrap();
+        assert_eq!(r.framing, Framing::None);
+        assert!(r.backend_keep);
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &meta()).unwrap().unwrap();
+        assert!(matches!(r.framing, Framing::Chunked(_)));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", &meta()).is_err());
+        assert!(parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", &meta()).unwrap().unwrap().interim);
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-", &meta()).unwrap().is_none());
+    }
+
+    #[test]
+    fn framing_takes_what_belongs() {
+        let mut f = Framing::Length(4);
+        assert_eq!(f.take(b"ab"), Ok(2));
+        assert_eq!(f.take(b"cdGET"), Ok(2));
+        assert!(f.done());
+        assert_eq!(itoa3(204), *b"204");
+    }
+}
