@@ -34,6 +34,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// Size of the read buffers (client side while a request is in flight, backend side).
 const BUF: usize = 32 * 1024;
@@ -334,41 +335,56 @@ enum Step {
 }
 
 /// Serves the connection until the client leaves; hands it to hyper when a request needs it.
-pub async fn run<IO: ClientIo>(io: IO, cx: Arc<HttpConn>) -> Termination {
+///
+/// Not an `async fn`: its arguments would be stored in the future next to the [`Client`] they
+/// are moved into, and the stream (1.2 KB with TLS) would be held twice by every idle connection.
+pub fn run<IO: ClientIo>(io: IO, cx: Arc<HttpConn>) -> impl Future<Output = Termination> + Send {
     if io.negotiated_h2() {
         let io = Counted { inner: io, rec: cx.rec.clone() };
-        return Box::pin(super::serve_hyper(io, cx)).await;
+        return Either::Left(Box::pin(super::serve_hyper(io, cx)));
     }
-    let mut c = Client { io, buf: Vec::new(), rec: cx.rec.clone() };
-    let mut kept: Option<Kept> = None;
-    let end = loop {
-        if c.buf.is_empty() {
-            bufs::give(std::mem::take(&mut c.buf));
-            match c.io.read_idle(&mut c.buf).await {
-                Ok(0) => break Termination::ClientClosed,
-                Ok(n) => c.counted_in(n),
-                Err(_) => break Termination::ClientError,
-            }
-        }
-        // Boxed: the state of one exchange must not size the idle connection's future.
-        match Box::pin(exchange(&mut c, &mut kept, &cx)).await {
-            Step::Next => {}
-            Step::End(t) => break t,
-            Step::Hyper => {
-                if let Some(k) = kept.take() {
-                    cx.sh.backends.pool.put(k);
+    Either::Right(serve_h1(Client { io, buf: Vec::new(), rec: cx.rec.clone() }, cx))
+}
+
+/// Not an `async fn`: an async fn stores its arguments twice (as captured and as locals).
+#[allow(clippy::manual_async_fn)]
+fn serve_h1<IO: ClientIo>(mut c: Client<IO>, cx: Arc<HttpConn>) -> impl Future<Output = Termination> + Send {
+    async move {
+        let mut kept: Option<Kept> = None;
+        let end = loop {
+            if c.buf.is_empty() {
+                bufs::give(std::mem::take(&mut c.buf));
+                match c.io.read_idle(&mut c.buf).await {
+                    Ok(0) => break Termination::ClientClosed,
+                    Ok(n) => c.counted_in(n),
+                    Err(_) => break Termination::ClientError,
                 }
-                let io =
-                    Prefixed { prefix: std::mem::take(&mut c.buf), pos: 0, inner: Counted { inner: c.io, rec: c.rec } };
-                return Box::pin(super::serve_hyper(io, cx)).await;
             }
+            // Boxed: the state of one exchange must not size the idle connection's future.
+            match Box::pin(exchange(&mut c, &mut kept, &cx)).await {
+                Step::Next => {}
+                Step::End(t) => break t,
+                Step::Hyper => {
+                    if let Some(k) = kept.take() {
+                        cx.sh.backends.pool.put(k);
+                    }
+                    return to_hyper(c, cx).await;
+                }
+            }
+        };
+        if let Some(k) = kept.take() {
+            cx.sh.backends.pool.put(k);
         }
-    };
-    if let Some(k) = kept.take() {
-        cx.sh.backends.pool.put(k);
+        bufs::give(c.buf);
+        end
     }
-    bufs::give(c.buf);
-    end
+}
+
+/// The connection, with the bytes read so far, as a boxed hyper server future (built here, so
+/// that nothing of it is stored in the caller's future).
+fn to_hyper<IO: ClientIo>(c: Client<IO>, cx: Arc<HttpConn>) -> Pin<Box<impl Future<Output = Termination> + Send>> {
+    let io = Prefixed { prefix: c.buf, pos: 0, inner: Counted { inner: c.io, rec: c.rec } };
+    Box::pin(super::serve_hyper(io, cx))
 }
 
 /// One request and its response.

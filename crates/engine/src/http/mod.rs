@@ -119,10 +119,23 @@ pub struct HttpConn {
 /// the rarer HTTP/1 cases (upgrades, `Expect`, HTTP/1.0, routes with authentication, CORS,
 /// re-encryption, HTTP/2 backends or target functions) are handed to the hyper server, which
 /// then keeps the connection.
-pub async fn serve<IO: h1::ClientIo>(io: IO, cx: Arc<HttpConn>, idle: Option<Duration>) -> Termination {
+///
+/// Not an `async fn`, so that the stream is held once, inside the connection's future.
+pub fn serve<IO: h1::ClientIo>(
+    io: IO,
+    cx: Arc<HttpConn>,
+    idle: Option<Duration>,
+) -> impl std::future::Future<Output = Termination> + Send {
     let rec = cx.rec.clone();
-    let conn = h1::run(io, cx);
-    tokio::pin!(conn);
+    // Boxed once per connection: pinning it inside the async fn below would copy it.
+    serve_until_idle(Box::pin(h1::run(io, cx)), rec, idle)
+}
+
+async fn serve_until_idle<F: std::future::Future<Output = Termination>>(
+    mut conn: Pin<Box<F>>,
+    rec: Arc<ConnRecord>,
+    idle: Option<Duration>,
+) -> Termination {
     let mut idle_at = idle.map(|d| tokio::time::Instant::now() + d);
     loop {
         tokio::select! {
@@ -347,7 +360,10 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         }
         .to_json();
         let target = std::mem::replace(&mut chosen.target, SelectedTarget::fixed(String::new(), 0));
-        chosen.target = match crate::js::resolve_target(target, cx.sh.bridge.as_ref(), context, cx.rec.id).await {
+        // Boxed (as the upgrade below): rare paths must not size every request's future.
+        chosen.target = match Box::pin(crate::js::resolve_target(target, cx.sh.bridge.as_ref(), context, cx.rec.id))
+            .await
+        {
             Ok(t) => t,
             Err((_, why)) => {
                 cx.sh.log_warn(format!("route {}: {why}", chosen.route.as_deref().map(|r| &*r.name).unwrap_or("-")));
@@ -443,8 +459,15 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
             ws::WsLimits { ping_interval: w.ping_interval, ping_timeout: w.ping_timeout, max_payload: w.max_payload }
         });
         let path_and_query = rewritten.as_deref().or_else(|| uri0.path_and_query().map(|p| p.as_str())).unwrap_or("/");
-        upgrade_request(req, cx, &chosen.target, reencrypt.then(|| backends.tls_h1.clone()), path_and_query, limits)
-            .await?
+        Box::pin(upgrade_request(
+            req,
+            cx,
+            &chosen.target,
+            reencrypt.then(|| backends.tls_h1.clone()),
+            path_and_query,
+            limits,
+        ))
+        .await?
     } else {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(if reencrypt { Scheme::HTTPS } else { Scheme::HTTP });
@@ -654,5 +677,33 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size2<A, B, F: std::future::Future>(_: fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What an idle HTTP connection holds beyond its stream: the stream must be stored once
+    /// (async fn arguments moved or pinned into locals are stored twice).
+    #[test]
+    fn idle_connection_state_stays_small() {
+        type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+        let stream = std::mem::size_of::<Tls>();
+        let outer = future_size(serve::<Tls>);
+        let inner = future_size2(h1::run::<Tls>);
+        println!("TlsStream {stream} B; serve future {outer} B + boxed connection future {inner} B");
+        assert!(outer <= 512, "serve future is {outer} bytes");
+        assert!(inner <= stream + 512, "connection future is {inner} bytes (stream {stream})");
+        assert!(future_size2(h1::run::<TcpStream>) <= 768);
+        println!("handle future: {} B", future_size2(handle));
     }
 }

@@ -342,12 +342,17 @@ async fn serve_tls(
     idle: Option<Duration>,
     handshake_timeout: Duration,
 ) -> Termination {
-    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
-    match tokio::time::timeout(handshake_timeout, accept).await {
-        Err(_) => Termination::InitialDataTimeout,
-        Ok(Err(_)) => Termination::TlsError,
-        Ok(Ok(tls)) => crate::http::serve(tls, cx, idle).await,
-    }
+    // Boxed: the handshake state (the TLS stream in the making) must not stay in the
+    // connection's future once the handshake is done.
+    let accept = Box::pin(tokio::time::timeout(handshake_timeout, tokio_rustls::TlsAcceptor::from(cfg).accept(stream)));
+    // The stream leaves the handshake's result before the await below (a match scrutinee would
+    // keep the whole result, stream included, in this future).
+    let tls = match accept.await {
+        Err(_) => return Termination::InitialDataTimeout,
+        Ok(Err(_)) => return Termination::TlsError,
+        Ok(Ok(tls)) => tls,
+    };
+    crate::http::serve(tls, cx, idle).await
 }
 
 /// The route context of a connection decided at layer 4 (socket handlers, target functions).
@@ -525,6 +530,18 @@ async fn relay_timed(
 
 #[cfg(test)]
 mod tests {
+    fn future_size<A, B, C, D, E, F: std::future::Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A terminated connection's own future holds no handshake state once it serves HTTP.
+    #[test]
+    fn tls_connection_future_stays_small() {
+        let size = future_size(serve_tls);
+        println!("serve_tls future: {size} bytes");
+        assert!(size <= 512, "serve_tls future is {size} bytes");
+    }
+
     use super::*;
 
     #[test]
