@@ -358,6 +358,37 @@ tap.test('framing abuse: bad Content-Length gets 400, Transfer-Encoding wins ove
   c.s.destroy();
 });
 
+tap.test('HTTP/2 clients (h2c): requests reach HTTP/1.1 backends; chunked bodies decoded, cookies joined, uploads streamed', async () => {
+  const h2 = await import('node:http2');
+  const session = h2.connect(`http://127.0.0.1:${port}`);
+  session.on('error', () => {});
+  const ask = (headers: Record<string, any>, body?: string) =>
+    new Promise<{ head: Record<string, any>; body: Buffer }>((resolve, reject) => {
+      const st = session.request({ ':authority': 'app.test', ...headers });
+      const parts: Buffer[] = [];
+      let head: Record<string, any> = {};
+      st.on('response', (hd) => (head = hd));
+      st.on('data', (d) => parts.push(d));
+      st.on('end', () => resolve({ head, body: Buffer.concat(parts) }));
+      st.on('error', reject);
+      st.end(body);
+    });
+  const chunked = await ask({ ':path': '/chunked' });
+  expect(chunked.head[':status']).toEqual(200);
+  expect(chunked.body.toString()).toEqual('part1-part2');
+  const cookie = await ask({ ':path': '/cookie', cookie: ['a=1', 'b=2'] });
+  expect(JSON.parse(cookie.body.toString()).headers.cookie).toEqual('a=1; b=2');
+  expect((await ask({ ':path': '/nothing' })).head[':status']).toEqual(204);
+  const head = await ask({ ':method': 'HEAD', ':path': '/echo' });
+  expect(head.head[':status']).toEqual(200);
+  expect(head.body.length).toEqual(0);
+  const up = await ask({ ':method': 'POST', ':path': '/up' }, 'hello');
+  expect(JSON.parse(up.body.toString()).bytes).toEqual(5);
+  const many = await Promise.all(Array.from({ length: 20 }, (_, i) => ask({ ':path': `/p${i}` })));
+  many.forEach((r, i) => expect(JSON.parse(r.body.toString()).url).toEqual(`/p${i}`));
+  await new Promise<void>((r) => session.close(() => r()));
+});
+
 tap.test('teardown', async () => {
   await proxy.stop();
   for (const s of servers) await new Promise((r) => s.close(r));

@@ -58,67 +58,81 @@ impl Chunked {
     /// them unless the body ends inside `buf`; what follows belongs to the next message).
     pub fn feed(&mut self, buf: &[u8]) -> Result<usize, ChunkError> {
         let mut i = 0;
-        while i < buf.len() {
-            let b = buf[i];
-            self.state = match self.state {
-                State::Done => return Ok(i),
-                State::Data(left) => {
-                    let take = left.min((buf.len() - i) as u64);
-                    i += take as usize;
-                    self.state = if take == left { State::DataCr } else { State::Data(left - take) };
-                    continue;
-                }
-                State::Size { n, digits } => match hex(b) {
-                    Some(d) => {
-                        let n = n * 16 + u64::from(d);
-                        if n > MAX_CHUNK {
-                            return Err(ChunkError);
-                        }
-                        State::Size { n, digits: digits.saturating_add(1) }
-                    }
-                    None if digits == 0 => return Err(ChunkError),
-                    None => match b {
-                        b'\r' => State::SizeLf { n },
-                        b'\n' => size_line_done(n),
-                        b';' | b' ' | b'\t' => State::Ext { n },
-                        _ => return Err(ChunkError),
-                    },
-                },
-                State::Ext { n } => match b {
-                    b'\r' => State::SizeLf { n },
-                    b'\n' => size_line_done(n),
-                    _ => State::Ext { n },
-                },
-                State::SizeLf { n } => match b {
-                    b'\n' => size_line_done(n),
-                    _ => return Err(ChunkError),
-                },
-                State::DataCr => match b {
-                    b'\r' => State::DataLf,
-                    _ => return Err(ChunkError),
-                },
-                State::DataLf => match b {
-                    b'\n' => State::Size { n: 0, digits: 0 },
-                    _ => return Err(ChunkError),
-                },
-                State::TrailerStart => match b {
-                    b'\r' => State::EndLf,
-                    b'\n' => State::Done,
-                    _ => State::TrailerLine,
-                },
-                State::TrailerLine => match b {
-                    b'\n' => State::TrailerStart,
-                    _ => State::TrailerLine,
-                },
-                State::EndLf => match b {
-                    b'\n' => State::Done,
-                    _ => return Err(ChunkError),
-                },
-            };
-            i += 1;
+        while i < buf.len() && !self.is_done() {
+            i += self.step(&buf[i..])?.0;
         }
         Ok(i)
     }
+
+    /// Advances over the start of `buf` up to the next boundary between chunk data and framing
+    /// (sizes, extensions, line ends, trailers): returns how many bytes it took and whether they
+    /// were data. Decoding a body is taking the data runs and skipping the rest.
+    pub fn step(&mut self, buf: &[u8]) -> Result<(usize, bool), ChunkError> {
+        if let State::Data(left) = self.state {
+            let take = left.min(buf.len() as u64);
+            self.state = if take == left { State::DataCr } else { State::Data(left - take) };
+            return Ok((take as usize, true));
+        }
+        let mut i = 0;
+        while i < buf.len() && !matches!(self.state, State::Data(_) | State::Done) {
+            self.state = next(self.state, buf[i])?;
+            i += 1;
+        }
+        Ok((i, false))
+    }
+}
+
+/// The framing state after one more byte (outside chunk data).
+fn next(state: State, b: u8) -> Result<State, ChunkError> {
+    Ok(match state {
+        State::Done | State::Data(_) => state,
+        State::Size { n, digits } => match hex(b) {
+            Some(d) => {
+                let n = n * 16 + u64::from(d);
+                if n > MAX_CHUNK {
+                    return Err(ChunkError);
+                }
+                State::Size { n, digits: digits.saturating_add(1) }
+            }
+            None if digits == 0 => return Err(ChunkError),
+            None => match b {
+                b'\r' => State::SizeLf { n },
+                b'\n' => size_line_done(n),
+                b';' | b' ' | b'\t' => State::Ext { n },
+                _ => return Err(ChunkError),
+            },
+        },
+        State::Ext { n } => match b {
+            b'\r' => State::SizeLf { n },
+            b'\n' => size_line_done(n),
+            _ => State::Ext { n },
+        },
+        State::SizeLf { n } => match b {
+            b'\n' => size_line_done(n),
+            _ => return Err(ChunkError),
+        },
+        State::DataCr => match b {
+            b'\r' => State::DataLf,
+            _ => return Err(ChunkError),
+        },
+        State::DataLf => match b {
+            b'\n' => State::Size { n: 0, digits: 0 },
+            _ => return Err(ChunkError),
+        },
+        State::TrailerStart => match b {
+            b'\r' => State::EndLf,
+            b'\n' => State::Done,
+            _ => State::TrailerLine,
+        },
+        State::TrailerLine => match b {
+            b'\n' => State::TrailerStart,
+            _ => State::TrailerLine,
+        },
+        State::EndLf => match b {
+            b'\n' => State::Done,
+            _ => return Err(ChunkError),
+        },
+    })
 }
 
 fn size_line_done(n: u64) -> State {
@@ -169,6 +183,22 @@ mod tests {
             assert!(c.is_done());
             assert_eq!(a + b, end, "split at {split}");
         }
+    }
+
+    #[test]
+    fn steps_separate_data_from_framing() {
+        let body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nT: 1\r\n\r\n";
+        let mut c = Chunked::default();
+        let (mut i, mut data) = (0, Vec::new());
+        while !c.is_done() {
+            let (k, is_data) = c.step(&body[i..]).unwrap();
+            if is_data {
+                data.extend_from_slice(&body[i..i + k]);
+            }
+            i += k;
+        }
+        assert_eq!(data, b"hello world");
+        assert_eq!(i, body.len());
     }
 
     #[test]

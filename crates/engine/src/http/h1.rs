@@ -25,8 +25,10 @@ use crate::matching::{CompiledRoute, HttpView, MatchInput, SelectedTarget};
 use dashmap::DashMap;
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -166,13 +168,14 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
 /// connection needs a backend it does not already hold, and when it ends.
 #[derive(Default)]
 pub struct Pool {
-    idle: DashMap<(String, u16), Vec<(TcpStream, Instant)>>,
+    /// Oldest first: taken from the back (the warmest connection), expired from the front.
+    idle: DashMap<(String, u16), VecDeque<(TcpStream, Instant)>>,
 }
 
 impl Pool {
     fn take(&self, host: &str, port: u16) -> Option<TcpStream> {
         let mut list = self.idle.get_mut(&(host.to_owned(), port))?;
-        while let Some((s, since)) = list.pop() {
+        while let Some((s, since)) = list.pop_back() {
             if since.elapsed() < POOL_IDLE && alive(&s) {
                 return Some(s);
             }
@@ -186,11 +189,12 @@ impl Pool {
         }
         let now = Instant::now();
         let mut list = self.idle.entry((kept.host, kept.port)).or_default();
-        list.retain(|(_, since)| now.duration_since(*since) < POOL_IDLE);
-        if list.len() >= POOL_MAX_PER_TARGET {
-            list.remove(0);
+        while list.front().is_some_and(|(_, since)| now.duration_since(*since) >= POOL_IDLE)
+            || list.len() >= POOL_MAX_PER_TARGET
+        {
+            list.pop_front();
         }
-        list.push((kept.stream, now));
+        list.push_back((kept.stream, now));
     }
 
     pub fn clear(&self) {
@@ -430,101 +434,66 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
     c.buf.drain(..k);
     let replayable = body.done();
 
-    let pool = &cx.sh.backends.pool;
-    let reused = match kept.take() {
-        Some(k) if k.host == host && k.port == port && alive(&k.stream) => Some(k.stream),
-        other => {
-            if let Some(k) = other {
-                pool.put(k);
-            }
-            pool.take(&host, port)
+    let kept_here = match kept.take() {
+        Some(k) if k.host == host && k.port == port => Some(k.stream),
+        Some(k) => {
+            cx.sh.backends.pool.put(k);
+            None
         }
-    };
-    let mut fresh = reused.is_none();
-    let mut be = match reused {
-        Some(s) => s,
-        None => match connect(cx, &host, port).await {
-            Ok(s) => s,
-            Err(status) => return refuse(c, status, replayable).await,
-        },
+        None => None,
     };
     let mut bbuf = bufs::Buf(bufs::take());
     let mut early = false;
-    // Sends the request; a kept connection the backend closed meanwhile is retried once on a
-    // new one when the whole request is still at hand.
-    loop {
-        if be.write_all(&out).await.is_err() {
-            if !fresh && replayable {
-                be = match connect(cx, &host, port).await {
-                    Ok(s) => s,
-                    Err(status) => return refuse(c, status, true).await,
-                };
-                fresh = true;
-                continue;
-            }
-            return refuse(c, StatusCode::BAD_GATEWAY, replayable).await;
+    let mut be = if replayable {
+        match send_whole(cx, kept_here, &host, port, &out, &mut bbuf.0, wait).await {
+            Ok(s) => s,
+            Err(status) => return refuse(c, status, true).await,
         }
-        if !body.done() {
-            match send_body(c, &mut be, &mut body, &mut bbuf.0).await {
-                Ok(()) => {}
-                Err(BodyError::Early) => early = true,
-                Err(BodyError::Client) => return Step::End(Termination::ClientError),
-                Err(BodyError::Framing) => {
-                    let _ = c.reply(StatusCode::BAD_REQUEST, true).await;
-                    return Step::End(Termination::ClientError);
-                }
-                Err(BodyError::Backend) => return refuse(c, StatusCode::BAD_GATEWAY, false).await,
+    } else {
+        // A streamed body cannot be sent twice: no retry on a stale connection here.
+        let mut be = match backend(cx, kept_here, &host, port).await {
+            Ok((s, _)) => s,
+            Err(status) => return refuse(c, status, false).await,
+        };
+        if be.write_all(&out).await.is_err() {
+            return refuse(c, StatusCode::BAD_GATEWAY, false).await;
+        }
+        match send_body(c, &mut be, &mut body, &mut bbuf.0).await {
+            Ok(()) => {}
+            Err(BodyError::Early) => early = true,
+            Err(BodyError::Client) => return Step::End(Termination::ClientError),
+            Err(BodyError::Framing) => {
+                let _ = c.reply(StatusCode::BAD_REQUEST, true).await;
+                return Step::End(Termination::ClientError);
             }
+            Err(BodyError::Backend) => return refuse(c, StatusCode::BAD_GATEWAY, false).await,
         }
         if bbuf.is_empty() {
-            // Nothing yet: wait for the first bytes of the response (the one timer per request).
-            bbuf.reserve(BUF);
-            match tokio::time::timeout(wait, be.read_buf(&mut bbuf.0)).await {
-                Err(_) => return refuse(c, StatusCode::GATEWAY_TIMEOUT, body.done()).await,
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) if !fresh && replayable => {
-                    // Closed or reset before answering: the kept connection had gone stale.
-                    be = match connect(cx, &host, port).await {
-                        Ok(s) => s,
-                        Err(status) => return refuse(c, status, true).await,
-                    };
-                    fresh = true;
-                    continue;
-                }
-                Ok(_) => return refuse(c, StatusCode::BAD_GATEWAY, body.done()).await,
+            if let Err(status) = first_bytes(&mut be, &mut bbuf.0, wait).await {
+                return refuse(c, status, body.done()).await;
             }
         }
-        break;
-    }
-    let deadline = tokio::time::Instant::now() + wait;
-    let meta = ResponseMeta { head_request, client_close: client_close || early, response_headers: &response_headers };
-    let resp = loop {
-        match parse_response(&bbuf, &meta) {
-            Err(()) => return refuse(c, StatusCode::BAD_GATEWAY, body.done()).await,
-            Ok(Some(r)) if r.interim => {
-                // 1xx (not 101): passed on, the final response follows.
-                if c.send(&bbuf[..r.len]).await.is_err() {
-                    return Step::End(Termination::ClientError);
-                }
-                bbuf.drain(..r.len);
-            }
-            Ok(Some(r)) => break r,
-            Ok(None) => {
-                if bbuf.len() >= MAX_HEAD {
-                    return refuse(c, StatusCode::BAD_GATEWAY, body.done()).await;
-                }
-                if bbuf.capacity() - bbuf.len() < 1024 {
-                    bbuf.reserve(BUF);
-                }
-                match tokio::time::timeout_at(deadline, be.read_buf(&mut bbuf.0)).await {
-                    Err(_) => return refuse(c, StatusCode::GATEWAY_TIMEOUT, body.done()).await,
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => return refuse(c, StatusCode::BAD_GATEWAY, body.done()).await,
-                }
-            }
-        }
+        be
     };
-    let Response { len, out: mut head, mut framing, mut backend_keep, close_client, .. } = resp;
+    drop(out);
+    let deadline = tokio::time::Instant::now() + wait;
+    let resp = loop {
+        let h = match read_head(&mut be, &mut bbuf.0, deadline, head_request).await {
+            Ok(h) => h,
+            Err(status) => return refuse(c, status, body.done()).await,
+        };
+        if !h.interim {
+            break h;
+        }
+        // 1xx (not 101): passed on, the final response follows.
+        if c.send(&bbuf[..h.len]).await.is_err() {
+            return Step::End(Termination::ClientError);
+        }
+        bbuf.drain(..h.len);
+    };
+    let close_client = client_close || early || resp.framing == Framing::UntilClose;
+    let mut head = client_head(&bbuf, &resp, &response_headers, close_client);
+    let RespHead { len, mut framing, mut backend_keep, .. } = resp;
     // The head and the body bytes read with it go to the client in one write.
     let Ok(k) = framing.take(&bbuf[len..]) else {
         return Step::End(Termination::BackendError);
@@ -580,6 +549,88 @@ async fn refuse<IO: ClientIo>(c: &mut Client<IO>, status: StatusCode, keep: bool
         Step::Next
     } else {
         Step::End(Termination::BackendError)
+    }
+}
+
+/// A backend connection: the one kept from the last request (same target) if still open, else
+/// an idle pooled one, else a new one; `true` when reused.
+async fn backend(
+    cx: &HttpConn,
+    kept: Option<TcpStream>,
+    host: &str,
+    port: u16,
+) -> Result<(TcpStream, bool), StatusCode> {
+    if let Some(s) = kept.filter(alive) {
+        return Ok((s, true));
+    }
+    if let Some(s) = cx.sh.backends.pool.take(host, port) {
+        return Ok((s, true));
+    }
+    connect(cx, host, port).await.map(|s| (s, false))
+}
+
+/// Sends a whole request (`out`: head and body) and waits for the first bytes of the answer
+/// (into `bbuf`). A reused connection the backend closed meanwhile (the write fails, or it
+/// closes without answering) is replaced by a new one, once.
+async fn send_whole(
+    cx: &HttpConn,
+    kept: Option<TcpStream>,
+    host: &str,
+    port: u16,
+    out: &[u8],
+    bbuf: &mut Vec<u8>,
+    wait: Duration,
+) -> Result<TcpStream, StatusCode> {
+    let (mut be, mut reused) = backend(cx, kept, host, port).await?;
+    loop {
+        let sent = match be.write_all(out).await {
+            Ok(()) => first_bytes(&mut be, bbuf, wait).await,
+            Err(_) => Err(StatusCode::BAD_GATEWAY),
+        };
+        match sent {
+            Err(StatusCode::BAD_GATEWAY) if reused => {
+                be = connect(cx, host, port).await?;
+                reused = false;
+            }
+            Err(status) => return Err(status),
+            Ok(()) => return Ok(be),
+        }
+    }
+}
+
+/// Waits, at most `wait`, for the first bytes of a response (the one timer per request).
+async fn first_bytes(be: &mut TcpStream, bbuf: &mut Vec<u8>, wait: Duration) -> Result<(), StatusCode> {
+    bbuf.reserve(BUF);
+    match tokio::time::timeout(wait, be.read_buf(bbuf)).await {
+        Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(StatusCode::BAD_GATEWAY),
+    }
+}
+
+/// Reads until a response head is complete at the start of `bbuf`, by `deadline`.
+async fn read_head(
+    be: &mut TcpStream,
+    bbuf: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
+    head_request: bool,
+) -> Result<RespHead, StatusCode> {
+    loop {
+        match parse_response(bbuf, head_request) {
+            Err(()) => return Err(StatusCode::BAD_GATEWAY),
+            Ok(Some(h)) => return Ok(h),
+            Ok(None) if bbuf.len() >= MAX_HEAD => return Err(StatusCode::BAD_GATEWAY),
+            Ok(None) => {
+                if bbuf.capacity() - bbuf.len() < 1024 {
+                    bbuf.reserve(BUF);
+                }
+                match tokio::time::timeout_at(deadline, be.read_buf(bbuf)).await {
+                    Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return Err(StatusCode::BAD_GATEWAY),
+                }
+            }
+        }
     }
 }
 
@@ -903,28 +954,29 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-struct ResponseMeta<'a> {
-    head_request: bool,
-    client_close: bool,
-    response_headers: &'a [(HeaderName, HeaderValue)],
-}
-
-/// A backend response head, parsed.
-struct Response {
+/// A backend's response head, parsed in place.
+struct RespHead {
     len: usize,
-    /// 1xx other than 101: forwarded as it came, then the next head follows.
+    code: u16,
+    reason: Range<usize>,
+    /// 1xx other than 101: passed on (or skipped), then the next head follows.
     interim: bool,
-    /// The rewritten head for the client (final responses).
-    out: Vec<u8>,
     framing: Framing,
     /// The backend connection can carry another request once the body is through.
     backend_keep: bool,
-    /// The client connection closes after this response.
-    close_client: bool,
+    /// The end-to-end header fields (hop-by-hop ones left out) as ranges of the buffer: name,
+    /// value. Framing fields stay: HTTP/1.1 clients get the body as it came.
+    headers: Vec<(Range<usize>, Range<usize>)>,
+}
+
+/// Where `part`, a slice of `buf`, lies in it.
+fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
 }
 
 /// Parses a response head at the start of `buf` (`Ok(None)`: not complete yet).
-fn parse_response(buf: &[u8], meta: &ResponseMeta) -> Result<Option<Response>, ()> {
+fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()> {
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Response::new(&mut hs);
     let len = match r.parse(buf) {
@@ -933,17 +985,20 @@ fn parse_response(buf: &[u8], meta: &ResponseMeta) -> Result<Option<Response>, (
         Err(_) => return Err(()),
     };
     let (Some(version), Some(code)) = (r.version, r.code) else { return Err(()) };
+    let reason = range_in(buf, r.reason.unwrap_or("").as_bytes());
     if (100..200).contains(&code) {
         if code == 101 {
             return Err(()); // no upgrade was asked for on this path
         }
-        return Ok(Some(Response {
+        let framing = Framing::None;
+        return Ok(Some(RespHead {
             len,
+            code,
+            reason,
             interim: true,
-            out: Vec::new(),
-            framing: Framing::None,
+            framing,
             backend_keep: false,
-            close_client: false,
+            headers: Vec::new(),
         }));
     }
     let mut length: Option<u64> = None;
@@ -965,59 +1020,228 @@ fn parse_response(buf: &[u8], meta: &ResponseMeta) -> Result<Option<Response>, (
             close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case("close"));
         }
     }
-    let framing = if meta.head_request || code == 204 || code == 304 {
+    let framing = if head_request || code == 204 || code == 304 {
         Framing::None
     } else {
         match (te, length) {
             (Some(true), _) => Framing::Chunked(Chunked::default()),
-            (Some(false), _) => Framing::UntilClose,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
             (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::UntilClose,
         }
     };
-    let close_client = meta.client_close || framing == Framing::UntilClose;
     let listed: Vec<&str> = if has_connection {
         r.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).flat_map(|h| tokens(h.value)).collect()
     } else {
         Vec::new()
     };
-    let mut out = Vec::with_capacity(len + 64);
+    let headers = r
+        .headers
+        .iter()
+        .filter(|h| {
+            !RESPONSE_DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d))
+                && !listed.iter().any(|d| h.name.eq_ignore_ascii_case(d))
+        })
+        .map(|h| (range_in(buf, h.name.as_bytes()), range_in(buf, h.value)))
+        .collect();
+    let backend_keep = !close && framing != Framing::UntilClose;
+    Ok(Some(RespHead { len, code, reason, interim: false, framing, backend_keep, headers }))
+}
+
+/// The head an HTTP/1.1 client gets: the backend's, without hop-by-hop fields, with the
+/// route's response headers, and `connection: close` when the connection ends after it.
+fn client_head(buf: &[u8], h: &RespHead, templates: &[(HeaderName, HeaderValue)], close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(h.len + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa3(code).as_slice());
+    out.extend_from_slice(&itoa3(h.code));
     out.push(b' ');
-    out.extend_from_slice(r.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(&buf[h.reason.clone()]);
     out.extend_from_slice(b"\r\n");
-    for h in r.headers.iter() {
-        let n = h.name;
-        if RESPONSE_DROPPED.iter().any(|d| n.eq_ignore_ascii_case(d))
-            || listed.iter().any(|d| n.eq_ignore_ascii_case(d))
-            || meta.response_headers.iter().any(|(t, _)| n.eq_ignore_ascii_case(t.as_str()))
-        {
-            continue;
+    for (n, v) in &h.headers {
+        let name = &buf[n.clone()];
+        if !templates.iter().any(|(t, _)| name.eq_ignore_ascii_case(t.as_str().as_bytes())) {
+            push_header(&mut out, name, &buf[v.clone()]);
         }
-        push_header(&mut out, n.as_bytes(), h.value);
     }
-    for (n, v) in meta.response_headers {
+    for (n, v) in templates {
         push_header(&mut out, n.as_str().as_bytes(), v.as_bytes());
     }
-    if close_client {
+    if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Some(Response {
-        len,
-        interim: false,
-        out,
-        framing,
-        backend_keep: !close && framing != Framing::UntilClose,
-        close_client,
-    }))
+    out
 }
 
 /// A three-digit status code as text.
 fn itoa3(code: u16) -> [u8; 3] {
     let c = code.min(999);
     [b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]
+}
+
+/// Forwards a request without a body that the hyper server received (HTTP/2 clients, and the
+/// HTTP/1 requests handed to it) to a plain-HTTP/1.1 backend over the fast path's connections:
+/// no hyper client, no pool lock, no hop to a connection task. The response body streams from
+/// the backend socket ([`PoolBody`]), which goes back to the pool when the body is through.
+pub(super) async fn send_bodyless(
+    cx: &HttpConn,
+    host: &str,
+    port: u16,
+    req: &http::request::Parts,
+    path_and_query: &str,
+    wait: Duration,
+) -> Result<http::Response<super::ProxyBody>, StatusCode> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers.iter().filter(|(n, _)| **n != http::header::COOKIE) {
+        push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // HTTP/2 may split `cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+    let mut cookies = req.headers.get_all(http::header::COOKIE).iter();
+    if let Some(first) = cookies.next() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(first.as_bytes());
+        for c in cookies {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(c.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let m = &req.method;
+    if (m == http::Method::POST || m == http::Method::PUT || m == http::Method::PATCH)
+        && !req.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut bbuf = bufs::Buf(bufs::take());
+    let mut be = send_whole(cx, None, host, port, &out, &mut bbuf.0, wait).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let head = loop {
+        let h = read_head(&mut be, &mut bbuf.0, deadline, req.method == http::Method::HEAD).await?;
+        if !h.interim {
+            break h;
+        }
+        bbuf.drain(..h.len); // interim responses have no place in this response
+    };
+    let status = StatusCode::from_u16(head.code).map_err(|_| StatusCode::BAD_GATEWAY)?;
+    let mut headers = http::HeaderMap::with_capacity(head.headers.len());
+    for (n, v) in &head.headers {
+        let name = &bbuf[n.clone()];
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            continue; // the body is handed on decoded
+        }
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(&bbuf[v.clone()])) {
+            headers.append(n, v);
+        }
+    }
+    let mut body = PoolBody {
+        stream: Some(be),
+        buf: bytes::BytesMut::from(&bbuf[head.len..]),
+        framing: head.framing,
+        keep: head.backend_keep,
+        home: cx.sh.backends.clone(),
+        host: host.to_owned(),
+        port,
+    };
+    if body.framing.done() {
+        body.finish();
+    }
+    let mut resp = http::Response::new(http_body_util::BodyExt::boxed(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// A response body read from a pooled backend connection by its framing (chunked bodies are
+/// decoded); the connection returns to the pool once the body is through.
+struct PoolBody {
+    stream: Option<TcpStream>,
+    buf: bytes::BytesMut,
+    framing: Framing,
+    keep: bool,
+    home: Arc<super::Backends>,
+    host: String,
+    port: u16,
+}
+
+impl PoolBody {
+    fn finish(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            if self.keep && self.buf.is_empty() {
+                self.home.pool.put(Kept { stream, host: std::mem::take(&mut self.host), port: self.port });
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &str) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, super::BoxError>>> {
+        self.stream = None;
+        self.framing = Framing::None;
+        Poll::Ready(Some(Err(why.into())))
+    }
+}
+
+impl hyper::body::Body for PoolBody {
+    type Data = bytes::Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, super::BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.framing.done() {
+                this.finish();
+                return Poll::Ready(None);
+            }
+            if !this.buf.is_empty() {
+                let (k, data) = match &mut this.framing {
+                    Framing::Chunked(c) => match c.step(&this.buf) {
+                        Ok(r) => r,
+                        Err(_) => return this.fail("malformed chunked body from the backend"),
+                    },
+                    f => (f.take(&this.buf).unwrap_or(0), true),
+                };
+                let part = this.buf.split_to(k);
+                if data && k > 0 {
+                    if this.framing.done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(hyper::body::Frame::data(part.freeze()))));
+                }
+                continue;
+            }
+            let Some(stream) = this.stream.as_mut() else { return Poll::Ready(None) };
+            if this.buf.capacity() < 1024 {
+                this.buf.reserve(BUF);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut this.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if this.framing == Framing::UntilClose => {
+                    this.stream = None;
+                    this.framing = Framing::None;
+                }
+                Poll::Ready(Ok(0)) => return this.fail("the backend closed before the body ended"),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(_)) => return this.fail("reading the body from the backend failed"),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.framing.done()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.framing {
+            Framing::Length(n) => hyper::body::SizeHint::with_exact(n),
+            Framing::None => hyper::body::SizeHint::with_exact(0),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
 }
 
 /// A connection handed to hyper: the bytes already read come first.
@@ -1074,36 +1298,33 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 mod tests {
     use super::*;
 
-    fn meta() -> ResponseMeta<'static> {
-        ResponseMeta { head_request: false, client_close: false, response_headers: &[] }
-    }
-
     #[test]
     fn response_framing_and_hop_by_hop() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-Keep: 2\r\n\r\nhello";
-        let r = parse_response(raw, &meta()).unwrap().unwrap();
+        let r = parse_response(raw, false).unwrap().unwrap();
         assert_eq!(r.len, raw.len() - 5);
         assert_eq!(r.framing, Framing::Length(5));
-        assert!(r.backend_keep && !r.close_client);
-        let head = String::from_utf8(r.out).unwrap();
+        assert!(r.backend_keep);
+        let head = String::from_utf8(client_head(raw, &r, &[], false)).unwrap();
         assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Keep: 2\r\n\r\n");
+        let set = [(HeaderName::from_static("x-keep"), HeaderValue::from_static("mine"))];
+        let head = String::from_utf8(client_head(raw, &r, &set, true)).unwrap();
+        assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nx-keep: mine\r\nconnection: close\r\n\r\n");
     }
 
     #[test]
     fn response_without_length_closes() {
-        let r = parse_response(b"HTTP/1.0 200 OK\r\nX: 1\r\n\r\n", &meta()).unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.0 200 OK\r\nX: 1\r\n\r\n", false).unwrap().unwrap();
         assert_eq!(r.framing, Framing::UntilClose);
-        assert!(!r.backend_keep && r.close_client);
-        assert!(String::from_utf8(r.out).unwrap().ends_with("connection: close\r\n\r\n"));
-        let head = ResponseMeta { head_request: true, ..meta() };
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &head).unwrap().unwrap();
+        assert!(!r.backend_keep);
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).unwrap().unwrap();
         assert_eq!(r.framing, Framing::None);
         assert!(r.backend_keep);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &meta()).unwrap().unwrap();
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap().unwrap();
         assert!(matches!(r.framing, Framing::Chunked(_)));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", &meta()).is_err());
-        assert!(parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", &meta()).unwrap().unwrap().interim);
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-", &meta()).unwrap().is_none());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false).is_err());
+        assert!(parse_response(b"HTTP/1.1 100 Continue\r\n\r\n", false).unwrap().unwrap().interim);
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-", false).unwrap().is_none());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -43,7 +43,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Errors of response bodies (hyper's own, or the fast path's pooled-connection bodies).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type BackendClient = Client<Connector, Incoming>;
 
@@ -468,6 +470,16 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
             limits,
         ))
         .await?
+    } else if !reencrypt
+        && chosen.backends.is_none()
+        && !http_opts.is_some_and(|h| h.backend_http2)
+        && req.body().is_end_stream()
+    {
+        // No body (HTTP/2 GETs, mostly): the fast path's backend connections, no hyper client.
+        let path_and_query = rewritten.as_deref().or_else(|| uri0.path_and_query().map(|p| p.as_str())).unwrap_or("/");
+        let wait = http_opts.and_then(|h| h.request_timeout).unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
+        let (parts, _) = req.into_parts();
+        h1::send_bodyless(cx, &chosen.target.host, chosen.target.port, &parts, path_and_query, wait).await?
     } else {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(if reencrypt { Scheme::HTTPS } else { Scheme::HTTP });
@@ -492,7 +504,7 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
             Ok(Ok(r)) => {
                 let (mut parts, body) = r.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
+                Response::from_parts(parts, body.map_err(BoxError::from).boxed())
             }
         }
     };
@@ -581,7 +593,7 @@ async fn upgrade_request(
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (parts, body) = resp.into_parts();
-        return Ok(Response::from_parts(parts, body.boxed()));
+        return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
     }
     let backend_upgrade = hyper::upgrade::on(&mut resp);
     let shutdown = cx.sh.shutdown.clone();
