@@ -6,7 +6,7 @@
 //! and, when a client connection starts or ends, the idle backend [`Pool`].
 //!
 //! What this path does not serve is handed to the hyper server together with the bytes read so
-//! far ([`Prefixed`]), and hyper keeps the connection from then on: HTTP/2, upgrades
+//! far (see [`Counted`]), and hyper keeps the connection from then on: HTTP/2, upgrades
 //! (WebSocket), `Expect`, HTTP/1.0, absolute-form targets, transfer codings other than chunked,
 //! and routes that authenticate, rate-limit, answer CORS, re-encrypt, speak HTTP/2 to the
 //! backend or call JavaScript for their target.
@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
@@ -344,7 +344,7 @@ enum Step {
 /// are moved into, and the stream (1.2 KB with TLS) would be held twice by every idle connection.
 pub fn run<IO: ClientIo>(io: IO, cx: Arc<HttpConn>) -> impl Future<Output = Termination> + Send {
     if io.negotiated_h2() {
-        let io = Counted { inner: io, rec: cx.rec.clone() };
+        let io = Counted { inner: io, rec: cx.rec.clone(), prefix: Vec::new(), pos: 0 };
         return Either::Left(Box::pin(super::serve_hyper(io, cx)));
     }
     Either::Right(serve_h1(Client { io, buf: Vec::new(), rec: cx.rec.clone() }, cx))
@@ -387,7 +387,7 @@ fn serve_h1<IO: ClientIo>(mut c: Client<IO>, cx: Arc<HttpConn>) -> impl Future<O
 /// The connection, with the bytes read so far, as a boxed hyper server future (built here, so
 /// that nothing of it is stored in the caller's future).
 fn to_hyper<IO: ClientIo>(c: Client<IO>, cx: Arc<HttpConn>) -> Pin<Box<impl Future<Output = Termination> + Send>> {
-    let io = Prefixed { prefix: c.buf, pos: 0, inner: Counted { inner: c.io, rec: c.rec } };
+    let io = Counted { inner: c.io, rec: c.rec, prefix: c.buf, pos: 0 };
     Box::pin(super::serve_hyper(io, cx))
 }
 
@@ -1241,56 +1241,6 @@ impl hyper::body::Body for PoolBody {
             Framing::None => hyper::body::SizeHint::with_exact(0),
             _ => hyper::body::SizeHint::default(),
         }
-    }
-}
-
-/// A connection handed to hyper: the bytes already read come first.
-pub(super) struct Prefixed<IO> {
-    prefix: Vec<u8>,
-    pos: usize,
-    inner: IO,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = (self.prefix.len() - self.pos).min(buf.remaining());
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

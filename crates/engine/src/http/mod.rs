@@ -630,10 +630,14 @@ where
     sender.send_request(req).await.map_err(|_| StatusCode::BAD_GATEWAY)
 }
 
-/// Counts bytes both ways on the client connection and notes activity for the idle timer.
+/// Counts bytes both ways on the client connection and notes activity for the idle timer. A
+/// connection the fast path hands to hyper first gives back the bytes it already read (and
+/// counted): `prefix` from `pos` on.
 struct Counted<IO> {
     inner: IO,
     rec: Arc<ConnRecord>,
+    prefix: Vec<u8>,
+    pos: usize,
 }
 
 impl Backends {
@@ -645,6 +649,17 @@ impl Backends {
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let start = self.pos;
+            let n = (self.prefix.len() - start).min(buf.remaining());
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
