@@ -4,6 +4,7 @@ import * as https from 'node:https';
 import * as http2 from 'node:http2';
 import * as tls from 'node:tls';
 import * as net from 'node:net';
+import * as crypto from 'node:crypto';
 import { SmartProxy } from '../index.js';
 import * as h from './helpers.js';
 
@@ -94,6 +95,86 @@ tap.test('a wildcard certificate serves subdomains', async () => {
   const r = await get({ servername: 'deep.sub.example.net' });
   expect(r.status).toEqual(200);
   expect(r.cert.subject.CN).toEqual('wild.example.net');
+});
+
+tap.test('large bodies stream both ways over TLS on one keep-alive connection; pipelined requests over TLS answered in order', async () => {
+  const big = http.createServer((req, res) => {
+    if (req.url === '/upload') {
+      const hash = crypto.createHash('sha256');
+      let n = 0;
+      req.on('data', (d) => {
+        hash.update(d);
+        n += d.length;
+      });
+      req.on('end', () => res.end(JSON.stringify({ n, sha: hash.digest('hex') })));
+      return;
+    }
+    if (req.url === '/download') {
+      const block = Buffer.alloc(65536, 7);
+      let i = 0;
+      const pump = () => {
+        while (i < 128) {
+          i++;
+          if (!res.write(block)) return res.once('drain', pump);
+        }
+        res.end();
+      };
+      pump();
+      return;
+    }
+    res.end(req.url);
+  });
+  await new Promise<void>((r) => big.listen(0, '127.0.0.1', () => r()));
+  const p2 = await h.freePort();
+  const px = new SmartProxy({
+    routes: [{ name: 'big', match: { ports: p2, domains: 'a.example.com' }, action: { type: 'forward', target: { host: '127.0.0.1', port: (big.address() as net.AddressInfo).port }, tls: { mode: 'terminate', certificate: { key: certA.key, cert: certA.cert } } } }],
+  });
+  await px.start();
+  const agent = new https.Agent({ keepAlive: true, maxSockets: 1 });
+  const base = { host: '127.0.0.1', port: p2, servername: 'a.example.com', headers: { host: 'a.example.com' }, rejectUnauthorized: false, agent };
+  // 8 MiB up, chunked (no Content-Length), hashed on both ends.
+  const sent = crypto.createHash('sha256');
+  const up = await new Promise<any>((resolve, reject) => {
+    const req = https.request({ ...base, method: 'POST', path: '/upload' }, (res) => {
+      let t = '';
+      res.on('data', (d) => (t += d));
+      res.on('end', () => resolve(JSON.parse(t)));
+    });
+    req.on('error', reject);
+    for (let i = 0; i < 128; i++) {
+      const b = crypto.randomBytes(65536);
+      sent.update(b);
+      req.write(b);
+    }
+    req.end();
+  });
+  expect(up.n).toEqual(8 * 1024 * 1024);
+  expect(up.sha).toEqual(sent.digest('hex'));
+  // 8 MiB down on the same connection.
+  const down = await new Promise<Buffer>((resolve, reject) => {
+    https
+      .get({ ...base, path: '/download' }, (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (d) => parts.push(d));
+        res.on('end', () => resolve(Buffer.concat(parts)));
+      })
+      .on('error', reject);
+  });
+  expect(down.equals(Buffer.alloc(8 * 1024 * 1024, 7))).toEqual(true);
+  // Two requests in one TLS write.
+  const s = tls.connect({ host: '127.0.0.1', port: p2, servername: 'a.example.com', rejectUnauthorized: false });
+  s.on('error', () => {});
+  await new Promise((r) => s.once('secureConnect', r));
+  let text = '';
+  s.on('data', (d) => (text += d));
+  s.write('GET /one HTTP/1.1\r\nHost: a.example.com\r\n\r\nGET /two HTTP/1.1\r\nHost: a.example.com\r\n\r\n');
+  await h.waitFor(() => text.includes('/two'), 5000, 'both responses');
+  expect(text.indexOf('/one')).toBeLessThan(text.indexOf('/two'));
+  expect(text.match(/HTTP\/1\.1 200/g)?.length).toEqual(2);
+  s.destroy();
+  agent.destroy();
+  await px.stop();
+  await new Promise((r) => big.close(r));
 });
 
 tap.test('unknown SNI and missing SNI get a TLS alert, never a wrong certificate', async () => {
