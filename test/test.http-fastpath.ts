@@ -284,6 +284,11 @@ tap.test('a backend that answers before the upload ends: the client gets the ans
   expect(res.status).toEqual(413);
   expect(res.body.toString()).toEqual('nope');
   s.destroy();
+  // The same when the client waits for a 100 that never comes: it gets the final answer.
+  const waiting = await open();
+  waiting.s.write('POST /big HTTP/1.1\r\nHost: early.test\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n');
+  expect((await waiting.r.next()).status).toEqual(413);
+  await waiting.r.closed();
   // The proxy keeps serving.
   const again = await open();
   again.s.write(get('/still'));
@@ -303,7 +308,7 @@ tap.test('interim 103 responses are passed on before the final one', async () =>
   s.destroy();
 });
 
-tap.test('Expect: 100-continue and HTTP/1.0 are served after fast-path requests on the same connection', async () => {
+tap.test('Expect: 100-continue (waiting for the 100 or not) and HTTP/1.0 are served on connections that started on the fast path', async () => {
   const { s, r } = await open();
   s.write(get('/first'));
   expect(JSON.parse((await r.next()).body.toString()).url).toEqual('/first');
@@ -312,6 +317,11 @@ tap.test('Expect: 100-continue and HTTP/1.0 are served after fast-path requests 
   s.write('hello');
   const posted = JSON.parse((await r.next()).body.toString());
   expect(posted.bytes).toEqual(5);
+  // A client that does not wait for the 100 gets it anyway, then the answer.
+  s.write('POST /eager HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc');
+  let eager = await r.next();
+  if (eager.status === 100) eager = await r.next();
+  expect(JSON.parse(eager.body.toString()).bytes).toEqual(3);
   s.write(get('/last'));
   expect(JSON.parse((await r.next()).body.toString()).url).toEqual('/last');
   s.destroy();

@@ -7,9 +7,9 @@
 //!
 //! What this path does not serve is handed to the hyper server together with the bytes read so
 //! far (see [`Counted`]), and hyper keeps the connection from then on: HTTP/2, upgrades
-//! (WebSocket), `Expect`, HTTP/1.0, absolute-form targets, transfer codings other than chunked,
-//! and routes that authenticate, rate-limit, answer CORS, re-encrypt, speak HTTP/2 to the
-//! backend or call JavaScript for their target.
+//! (WebSocket), `Expect` other than `100-continue`, HTTP/1.0, absolute-form targets, transfer
+//! codings other than chunked, and routes that authenticate, rate-limit, answer CORS,
+//! re-encrypt, speak HTTP/2 to the backend or call JavaScript for their target.
 //!
 //! While a client connection is idle it holds no read buffer (idle memory), only its socket,
 //! the kept backend socket and a few words of state.
@@ -656,8 +656,10 @@ enum BodyError {
     Framing,
 }
 
-/// Streams the rest of the request body; stops early if the backend starts answering (the
-/// answer is then in `bbuf`).
+/// Streams the rest of the request body; stops early if the backend starts its final answer
+/// (then in `bbuf`). Interim answers (`100 Continue` to an `Expect`) go to the client and the
+/// upload goes on. Each write is a single `write`, so an answer arriving meanwhile never cuts
+/// one short unseen.
 async fn send_body<IO: ClientIo>(
     c: &mut Client<IO>,
     be: &mut TcpStream,
@@ -667,29 +669,58 @@ async fn send_body<IO: ClientIo>(
     let (mut br, mut bw) = be.split();
     bbuf.reserve(BUF);
     while !body.done() {
-        let n = tokio::select! {
-            biased;
-            r = br.read_buf(bbuf) => return Err(match r {
-                Ok(n) if n > 0 => BodyError::Early,
-                _ => BodyError::Backend,
-            }),
-            r = c.read_more() => r.map_err(|_| BodyError::Client)?,
-        };
-        if n == 0 {
-            return Err(BodyError::Client);
-        }
-        let k = body.take(&c.buf).map_err(|_| BodyError::Framing)?;
         tokio::select! {
             biased;
-            r = br.read_buf(bbuf) => return Err(match r {
-                Ok(n) if n > 0 => BodyError::Early,
-                _ => BodyError::Backend,
-            }),
-            r = bw.write_all(&c.buf[..k]) => r.map_err(|_| BodyError::Backend)?,
+            r = br.read_buf(bbuf) => {
+                backend_spoke(r, c, bbuf).await?;
+                continue;
+            }
+            r = c.read_more() => match r {
+                Ok(n) if n > 0 => {}
+                _ => return Err(BodyError::Client),
+            },
+        }
+        let k = body.take(&c.buf).map_err(|_| BodyError::Framing)?;
+        let mut written = 0;
+        while written < k {
+            tokio::select! {
+                biased;
+                r = br.read_buf(bbuf) => backend_spoke(r, c, bbuf).await?,
+                r = bw.write(&c.buf[written..k]) => match r {
+                    Ok(n) if n > 0 => written += n,
+                    _ => return Err(BodyError::Backend),
+                },
+            }
         }
         c.buf.drain(..k);
     }
     Ok(())
+}
+
+/// The backend sent something while the body was going up: interim heads are passed to the
+/// client (`Ok`: go on); the start of a final answer ends the upload (`Early`).
+async fn backend_spoke<IO: ClientIo>(
+    read: io::Result<usize>,
+    c: &mut Client<IO>,
+    bbuf: &mut Vec<u8>,
+) -> Result<(), BodyError> {
+    if !matches!(read, Ok(n) if n > 0) {
+        return Err(BodyError::Backend);
+    }
+    loop {
+        match parse_response(bbuf, false) {
+            Ok(Some(h)) if h.interim => {
+                c.send(&bbuf[..h.len]).await.map_err(|_| BodyError::Client)?;
+                bbuf.drain(..h.len);
+                if bbuf.is_empty() {
+                    return Ok(());
+                }
+            }
+            // Not a whole head yet: more will come with the next read.
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) | Err(()) => return Err(BodyError::Early),
+        }
+    }
 }
 
 /// Request facts for [`HttpView`] (route matching by path and headers).
@@ -811,7 +842,11 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
         } else if n.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
         } else if n.eq_ignore_ascii_case("expect") {
-            return Parsed::Hyper;
+            // `100-continue` is forwarded and the backend's `100` passed back; anything else is
+            // hyper's to refuse.
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                return Parsed::Hyper;
+            }
         } else if n.eq_ignore_ascii_case("x-forwarded-for") {
             xff_count += 1;
         }
