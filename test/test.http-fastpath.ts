@@ -296,6 +296,25 @@ tap.test('a backend that answers before the upload ends: the client gets the ans
   again.s.destroy();
 });
 
+tap.test('a client that leaves while the backend has not answered frees the backend connection', async () => {
+  let backendClosed = false;
+  const silent = await h.tcpServer((c) => {
+    c.on('data', () => {}); // reads the request, never answers
+    c.on('close', () => (backendClosed = true));
+    c.on('error', () => {});
+  });
+  const p2 = await h.freePort();
+  const px = new SmartProxy({ routes: [{ name: 'silent', match: { ports: p2, domains: 'silent.test' }, action: { type: 'forward', target: { host: '127.0.0.1', port: silent.port } } }] });
+  await px.start();
+  const s = await h.connect(p2);
+  s.write(get('/', 'silent.test'));
+  await h.sleep(100);
+  s.destroy();
+  await h.waitFor(() => backendClosed, 3000, 'the backend connection closing');
+  await px.stop();
+  await silent.close();
+});
+
 tap.test('interim 103 responses are passed on before the final one', async () => {
   const { s, r } = await open();
   s.write(get('/hints'));

@@ -445,9 +445,11 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
     let mut bbuf = bufs::Buf(bufs::take());
     let mut early = false;
     let mut be = if replayable {
-        match send_whole(cx, kept_here, &host, port, &out, &mut bbuf.0, wait).await {
-            Ok(s) => s,
-            Err(status) => return refuse(c, status, true).await,
+        let send = send_whole(cx, kept_here, &host, port, &out, &mut bbuf.0, wait);
+        match until_client_leaves(c, send).await {
+            None => return Step::End(Termination::ClientClosed),
+            Some(Ok(s)) => s,
+            Some(Err(status)) => return refuse(c, status, true).await,
         }
     } else {
         // A streamed body cannot be sent twice: no retry on a stale connection here.
@@ -469,8 +471,10 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
             Err(BodyError::Backend) => return refuse(c, StatusCode::BAD_GATEWAY, false).await,
         }
         if bbuf.is_empty() {
-            if let Err(status) = first_bytes(&mut be, &mut bbuf.0, wait).await {
-                return refuse(c, status, body.done()).await;
+            match until_client_leaves(c, first_bytes(&mut be, &mut bbuf.0, wait)).await {
+                None => return Step::End(Termination::ClientClosed),
+                Some(Err(status)) => return refuse(c, status, body.done()).await,
+                Some(Ok(())) => {}
             }
         }
         be
@@ -537,6 +541,25 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
         return Step::End(Termination::ClientClosed);
     }
     Step::Next
+}
+
+/// Runs `wait` (sending a request, waiting for its answer) while watching the client: `None` if
+/// the client closes meanwhile, so that an abandoned request does not hold its backend connection
+/// until the backend answers. Bytes the client pipelines meanwhile are kept for later (up to the
+/// head limit; then only `wait` is awaited).
+async fn until_client_leaves<IO: ClientIo, T>(c: &mut Client<IO>, wait: impl Future<Output = T>) -> Option<T> {
+    tokio::pin!(wait);
+    loop {
+        let watch = c.buf.len() < MAX_HEAD;
+        tokio::select! {
+            biased;
+            r = &mut wait => return Some(r),
+            r = c.read_more(), if watch => match r {
+                Ok(n) if n > 0 => {}
+                _ => return None,
+            },
+        }
+    }
 }
 
 /// Answers the client with an error status; keeps the connection when the request was read
