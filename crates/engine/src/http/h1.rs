@@ -16,9 +16,7 @@
 
 use super::chunked::Chunked;
 use super::headers::{self, TemplateVars};
-use super::{
-    choose, error_text, rewrite_url, Chosen, Counted, HttpConn, DEFAULT_RESPONSE_TIMEOUT, HEADER_READ_TIMEOUT,
-};
+use super::{choose, error_text, response_wait, rewrite_url, Chosen, Counted, HttpConn, HEADER_READ_TIMEOUT};
 use crate::config::TlsMode;
 use crate::conn::{ConnRecord, Termination};
 use crate::matching::{CompiledRoute, HttpView, MatchInput, SelectedTarget};
@@ -765,24 +763,18 @@ impl HttpView for View<'_, '_> {
     }
 }
 
-/// Hop-by-hop request headers never forwarded as they came (framing is rewritten; the
-/// `X-Forwarded-*` headers are set by the proxy).
-const REQUEST_DROPPED: [&str; 11] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-];
+/// Request headers the proxy writes itself (framing, `X-Forwarded-*`), besides the hop-by-hop
+/// ones it never forwards.
+const REQUEST_REWRITTEN: [&str; 4] = ["content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
-/// Hop-by-hop response headers (framing headers stay: the body goes through as it came).
-const RESPONSE_DROPPED: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+fn request_dropped(name: &str) -> bool {
+    headers::is_hop_by_hop(name) || REQUEST_REWRITTEN.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+/// Hop-by-hop response headers, except the framing: the body goes through as it came.
+fn response_dropped(name: &str) -> bool {
+    headers::is_hop_by_hop(name) && !name.eq_ignore_ascii_case("transfer-encoding")
+}
 
 fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
     std::str::from_utf8(v).unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty())
@@ -941,7 +933,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
         let n = h.name;
-        if REQUEST_DROPPED.iter().any(|d| n.eq_ignore_ascii_case(d))
+        if request_dropped(n)
             || listed.iter().any(|d| n.eq_ignore_ascii_case(d))
             || request_templates.iter().any(|t| n.eq_ignore_ascii_case(t.name.as_str()))
         {
@@ -988,7 +980,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
             .filter_map(|t| HeaderValue::from_str(&headers::expand(&t.value, &vars)).ok().map(|v| (t.name.clone(), v)))
             .collect()
     });
-    let wait = http_opts.and_then(|h| h.request_timeout).unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
+    let wait = response_wait(http_opts);
     let SelectedTarget { host: target_host, port: target_port, .. } = chosen.target;
     Parsed::Forward(
         len,
@@ -1095,10 +1087,7 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()
     let headers = r
         .headers
         .iter()
-        .filter(|h| {
-            !RESPONSE_DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d))
-                && !listed.iter().any(|d| h.name.eq_ignore_ascii_case(d))
-        })
+        .filter(|h| !response_dropped(h.name) && !listed.iter().any(|d| h.name.eq_ignore_ascii_case(d)))
         .map(|h| (range_in(buf, h.name.as_bytes()), range_in(buf, h.value)))
         .collect();
     let backend_keep = !close && framing != Framing::UntilClose;

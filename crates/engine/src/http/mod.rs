@@ -15,7 +15,7 @@ mod ws;
 
 pub use access::RateLimiter;
 
-use crate::config::{ProxyOptions, TlsMode, UrlRewrite};
+use crate::config::{HttpOptions, ProxyOptions, TlsMode, UrlRewrite};
 use crate::conn::{ConnRecord, Termination};
 use crate::detect::TlsVersion;
 use crate::listener::Shared;
@@ -285,6 +285,11 @@ fn choose(snap: &Snapshot, cx: &HttpConn, input: &MatchInput) -> Result<Chosen, 
     }
 }
 
+/// How long the backend may take to start its response: `advanced.timeout`, else 300 s.
+fn response_wait(http: Option<&HttpOptions>) -> Duration {
+    http.and_then(|h| h.request_timeout).unwrap_or(DEFAULT_RESPONSE_TIMEOUT)
+}
+
 /// `advanced.urlRewrite` applied to a request's path and query.
 fn rewrite_url(rw: &UrlRewrite, path_and_query: &str) -> String {
     let (subject, tail) = match (rw.only_path, path_and_query.split_once('?')) {
@@ -455,12 +460,14 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         format!("{}:{}", chosen.target.host, chosen.target.port)
     };
     let backends = chosen.backends.clone().unwrap_or_else(|| cx.sh.backends.clone());
+    let path_and_query = rewritten.as_deref().or_else(|| uri0.path_and_query().map(|p| p.as_str())).unwrap_or("/");
+    let wait = response_wait(http_opts);
+    let backend_h2 = http_opts.is_some_and(|h| h.backend_http2);
 
     let mut resp = if upgrade {
         let limits = http_opts.and_then(|h| h.websocket.as_ref()).map_or_else(ws::WsLimits::default, |w| {
             ws::WsLimits { ping_interval: w.ping_interval, ping_timeout: w.ping_timeout, max_payload: w.max_payload }
         });
-        let path_and_query = rewritten.as_deref().or_else(|| uri0.path_and_query().map(|p| p.as_str())).unwrap_or("/");
         Box::pin(upgrade_request(
             req,
             cx,
@@ -470,14 +477,8 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
             limits,
         ))
         .await?
-    } else if !reencrypt
-        && chosen.backends.is_none()
-        && !http_opts.is_some_and(|h| h.backend_http2)
-        && req.body().is_end_stream()
-    {
+    } else if !reencrypt && chosen.backends.is_none() && !backend_h2 && req.body().is_end_stream() {
         // No body (HTTP/2 GETs, mostly): the fast path's backend connections, no hyper client.
-        let path_and_query = rewritten.as_deref().or_else(|| uri0.path_and_query().map(|p| p.as_str())).unwrap_or("/");
-        let wait = http_opts.and_then(|h| h.request_timeout).unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
         let (parts, _) = req.into_parts();
         h1::send_bodyless(cx, &chosen.target.host, chosen.target.port, &parts, path_and_query, wait).await?
     } else {
@@ -490,10 +491,8 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
             None => uri0.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
         });
         *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
-        let h2 = http_opts.is_some_and(|h| h.backend_http2);
-        *req.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        let client = if h2 { &backends.h2 } else { &backends.h1 };
-        let wait = http_opts.and_then(|h| h.request_timeout).unwrap_or(DEFAULT_RESPONSE_TIMEOUT);
+        *req.version_mut() = if backend_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        let client = if backend_h2 { &backends.h2 } else { &backends.h1 };
         match tokio::time::timeout(wait, client.request(req)).await {
             Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
             Ok(Err(e)) => {
