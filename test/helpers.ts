@@ -227,6 +227,20 @@ export function sha256(b: Buffer): string {
   return crypto.createHash('sha256').update(b).digest('hex');
 }
 
+/** Reads a request (or any stream) to its end: its length and SHA-256, without keeping it. */
+export function digestBody(stream: NodeJS.ReadableStream): Promise<{ bytes: number; sha: string }> {
+  return new Promise((resolve, reject) => {
+    const hash = crypto.createHash('sha256');
+    let bytes = 0;
+    stream.on('data', (d: Buffer) => {
+      hash.update(d);
+      bytes += d.length;
+    });
+    stream.on('end', () => resolve({ bytes, sha: hash.digest('hex') }));
+    stream.on('error', reject);
+  });
+}
+
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Route shorthand: forward `ports` to 127.0.0.1:`port`. */

@@ -1,7 +1,6 @@
 import { tap, expect } from '@git.zone/tstest/tapbundle';
 import * as http from 'node:http';
 import * as net from 'node:net';
-import * as crypto from 'node:crypto';
 import { SmartProxy } from '../index.js';
 import * as h from './helpers.js';
 
@@ -36,14 +35,8 @@ const echo: http.RequestListener = (req, res) => {
     res.end();
     return;
   }
-  const hash = crypto.createHash('sha256');
-  let n = 0;
-  req.on('data', (d) => {
-    hash.update(d);
-    n += d.length;
-  });
-  req.on('end', () => {
-    const body = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, bytes: n, sha: hash.digest('hex') });
+  h.digestBody(req).then(({ bytes, sha }) => {
+    const body = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, bytes, sha });
     res.setHeader('content-type', 'application/json');
     res.setHeader('content-length', Buffer.byteLength(body));
     res.end(body);

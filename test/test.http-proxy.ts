@@ -51,13 +51,7 @@ tap.test('setup', async () => {
   webPort = await httpServer(info('web'));
   bigPort = await httpServer((req, res) => {
     if (req.url === '/upload') {
-      const hash = crypto.createHash('sha256');
-      let n = 0;
-      req.on('data', (d) => {
-        hash.update(d);
-        n += d.length;
-      });
-      req.on('end', () => res.end(JSON.stringify({ bytes: n, sha: hash.digest('hex') })));
+      h.digestBody(req).then((d) => res.end(JSON.stringify(d)));
       return;
     }
     // /download: 64 MiB of deterministic data, streamed.
