@@ -342,7 +342,7 @@ enum Step {
 /// are moved into, and the stream (1.2 KB with TLS) would be held twice by every idle connection.
 pub fn run<IO: ClientIo>(io: IO, cx: Arc<HttpConn>) -> impl Future<Output = Termination> + Send {
     if io.negotiated_h2() {
-        let io = Counted { inner: io, rec: cx.rec.clone(), prefix: Vec::new(), pos: 0 };
+        let io = Counted::new(io, cx.rec.clone(), Vec::new(), true);
         return Either::Left(Box::pin(super::serve_hyper(io, cx)));
     }
     Either::Right(serve_h1(Client { io, buf: Vec::new(), rec: cx.rec.clone() }, cx))
@@ -385,7 +385,8 @@ fn serve_h1<IO: ClientIo>(mut c: Client<IO>, cx: Arc<HttpConn>) -> impl Future<O
 /// The connection, with the bytes read so far, as a boxed hyper server future (built here, so
 /// that nothing of it is stored in the caller's future).
 fn to_hyper<IO: ClientIo>(c: Client<IO>, cx: Arc<HttpConn>) -> Pin<Box<impl Future<Output = Termination> + Send>> {
-    let io = Counted { inner: c.io, rec: c.rec, prefix: c.buf, pos: 0 };
+    let h2 = c.buf.starts_with(b"PRI * HTTP/2.0");
+    let io = Counted::new(c.io, c.rec, c.buf, h2);
     Box::pin(super::serve_hyper(io, cx))
 }
 
