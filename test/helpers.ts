@@ -23,6 +23,27 @@ export async function freePorts(n: number): Promise<number[]> {
   return ports;
 }
 
+/** The first of `n` consecutive free ports (for port-range routes): tries bases until a run binds. */
+export async function freePortRun(n: number): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const [base] = await freePorts(1);
+    if (base + n - 1 > 65535) continue;
+    const held: net.Server[] = [];
+    for (let p = base; p < base + n; p++) {
+      const s = net.createServer();
+      const ok = await new Promise<boolean>((r) => {
+        s.once('error', () => r(false));
+        s.listen(p, HOST, () => r(true));
+      });
+      if (!ok) break;
+      held.push(s);
+    }
+    await Promise.all(held.map((s) => new Promise((r) => s.close(r))));
+    if (held.length === n) return base;
+  }
+  throw new Error(`no run of ${n} free ports found`);
+}
+
 export async function freePort(): Promise<number> {
   return (await freePorts(1))[0];
 }

@@ -15,8 +15,7 @@ const to = (name: string) => ({ type: 'forward' as const, target: { host: '127.0
 tap.test('setup', async () => {
   for (const n of names) backends[n] = await h.httpNameServer(n);
   [port] = await h.freePorts(1);
-  const r = await h.freePorts(3);
-  rangeFrom = Math.min(...r);
+  rangeFrom = await h.freePortRun(3);
   proxy = new SmartProxy({
     connectionRateLimitPerMinute: 10_000,
     defaults: { target: { host: '127.0.0.1', port: backends.default.port } },

@@ -154,18 +154,29 @@ async fn serve_until_idle<F: std::future::Future<Output = Termination>>(
 }
 
 /// The hyper server on a connection whose bytes are already counted (see [`Counted`]).
-async fn serve_hyper<IO>(io: IO, cx: Arc<HttpConn>) -> Termination
+async fn serve_hyper<IO>(io: Counted<IO>, cx: Arc<HttpConn>) -> Termination
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc_cx = cx.clone();
     let svc = hyper::service::service_fn(move |req| handle(req, svc_cx.clone()));
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-    b.http2().timer(TokioTimer::new());
-    match b.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+    let served = if io.batch {
+        // Known HTTP/2 (ALPN or the prior-knowledge preface): hyper's HTTP/2 server directly,
+        // without the version sniffing and rewind layer of the auto builder.
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await
+            .map_err(drop)
+    } else {
+        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+        b.http2().timer(TokioTimer::new());
+        b.serve_connection_with_upgrades(TokioIo::new(io), svc).await.map_err(drop)
+    };
+    match served {
         Ok(()) => Termination::ClientClosed,
-        Err(_) => Termination::ClientError,
+        Err(()) => Termination::ClientError,
     }
 }
 
