@@ -67,18 +67,30 @@ impl Chunked {
     /// Advances over the start of `buf` up to the next boundary between chunk data and framing
     /// (sizes, extensions, line ends, trailers): returns how many bytes it took and whether they
     /// were data. Decoding a body is taking the data runs and skipping the rest.
+    ///
+    /// A framing run stops where the trailer section begins, so that a run that starts
+    /// [`in_trailers`](Self::in_trailers) is trailer fields (and the final empty line) only.
     pub fn step(&mut self, buf: &[u8]) -> Result<(usize, bool), ChunkError> {
         if let State::Data(left) = self.state {
             let take = left.min(buf.len() as u64);
             self.state = if take == left { State::DataCr } else { State::Data(left - take) };
             return Ok((take as usize, true));
         }
+        let trailers = self.in_trailers();
         let mut i = 0;
         while i < buf.len() && !matches!(self.state, State::Data(_) | State::Done) {
             self.state = next(self.state, buf[i])?;
             i += 1;
+            if !trailers && self.state == State::TrailerStart {
+                break;
+            }
         }
         Ok((i, false))
+    }
+
+    /// True inside the trailer section (after the last chunk, before the final empty line).
+    pub fn in_trailers(&self) -> bool {
+        matches!(self.state, State::TrailerStart | State::TrailerLine | State::EndLf)
     }
 }
 
@@ -199,6 +211,30 @@ mod tests {
         }
         assert_eq!(data, b"hello world");
         assert_eq!(i, body.len());
+    }
+
+    #[test]
+    fn trailer_section_is_a_run_of_its_own() {
+        for body in [&b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nY: 2\r\n\r\n"[..], b"0\r\nX-Sum: 1\r\nY: 2\r\n\r\n"] {
+            // Any split of the input: the trailer bytes are exactly the runs that start in them.
+            for split in 0..body.len() {
+                let mut c = Chunked::default();
+                let (mut i, mut trailers) = (0, Vec::new());
+                while !c.is_done() {
+                    let end = if i < split { split } else { body.len() };
+                    let was = c.in_trailers();
+                    let (k, _) = c.step(&body[i..end]).unwrap();
+                    if was {
+                        trailers.extend_from_slice(&body[i..i + k]);
+                    }
+                    i += k;
+                }
+                assert_eq!(trailers, b"X-Sum: 1\r\nY: 2\r\n\r\n", "split at {split}");
+            }
+        }
+        let mut c = Chunked::default();
+        c.feed(b"0\r\n\r\n").unwrap();
+        assert!(c.is_done() && !c.in_trailers());
     }
 
     #[test]

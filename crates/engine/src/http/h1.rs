@@ -1193,6 +1193,7 @@ pub(super) async fn send_bodyless(
         home: cx.sh.backends.clone(),
         host: host.to_owned(),
         port,
+        trailers: Vec::new(),
     };
     if body.framing.done() {
         body.finish();
@@ -1213,9 +1214,28 @@ struct PoolBody {
     home: Arc<super::Backends>,
     host: String,
     port: u16,
+    /// The trailer section of a chunked body, raw, until the body ends.
+    trailers: Vec<u8>,
 }
 
 impl PoolBody {
+    /// The collected trailer fields as a trailers frame (once), if there were any.
+    fn trailer_frame(&mut self) -> Option<hyper::body::Frame<bytes::Bytes>> {
+        if self.trailers.len() <= 2 {
+            return None; // none, or only the final empty line
+        }
+        let raw = std::mem::take(&mut self.trailers);
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&raw, &mut hs) else { return None };
+        let mut map = http::HeaderMap::new();
+        for f in fields {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value)) {
+                map.append(n, v);
+            }
+        }
+        Some(hyper::body::Frame::trailers(map))
+    }
+
     fn finish(&mut self) {
         if let Some(stream) = self.stream.take() {
             if self.keep && self.buf.is_empty() {
@@ -1243,14 +1263,25 @@ impl hyper::body::Body for PoolBody {
         loop {
             if this.framing.done() {
                 this.finish();
-                return Poll::Ready(None);
+                return Poll::Ready(this.trailer_frame().map(Ok));
             }
             if !this.buf.is_empty() {
                 let (k, data) = match &mut this.framing {
-                    Framing::Chunked(c) => match c.step(&this.buf) {
-                        Ok(r) => r,
-                        Err(_) => return this.fail("malformed chunked body from the backend"),
-                    },
+                    Framing::Chunked(c) => {
+                        let in_trailers = c.in_trailers();
+                        match c.step(&this.buf) {
+                            Ok((k, data)) => {
+                                if in_trailers {
+                                    if this.trailers.len() + k > MAX_HEAD {
+                                        return this.fail("trailer section from the backend too large");
+                                    }
+                                    this.trailers.extend_from_slice(&this.buf[..k]);
+                                }
+                                (k, data)
+                            }
+                            Err(_) => return this.fail("malformed chunked body from the backend"),
+                        }
+                    }
                     f => (f.take(&this.buf).unwrap_or(0), true),
                 };
                 let part = this.buf.split_to(k);
@@ -1280,7 +1311,7 @@ impl hyper::body::Body for PoolBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.framing.done()
+        self.framing.done() && self.trailers.is_empty()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {

@@ -10,6 +10,7 @@
 mod access;
 mod chunked;
 mod h1;
+mod h2front;
 pub mod headers;
 mod ws;
 
@@ -27,7 +28,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -47,7 +48,7 @@ use tokio::net::TcpStream;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-type BackendClient = Client<Connector, Incoming>;
+type BackendClient = Client<Connector, ProxyBody>;
 
 /// How long a client may take to send a request head (slowloris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -158,25 +159,18 @@ async fn serve_hyper<IO>(io: Counted<IO>, cx: Arc<HttpConn>) -> Termination
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if io.batch {
+        // Known HTTP/2 (ALPN or the prior-knowledge preface): the engine's HTTP/2 front end.
+        return h2front::serve(io, cx).await;
+    }
     let svc_cx = cx.clone();
     let svc = hyper::service::service_fn(move |req| handle(req, svc_cx.clone()));
-    let served = if io.batch {
-        // Known HTTP/2 (ALPN or the prior-knowledge preface): hyper's HTTP/2 server directly,
-        // without the version sniffing and rewind layer of the auto builder.
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(io), svc)
-            .await
-            .map_err(drop)
-    } else {
-        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-        b.http2().timer(TokioTimer::new());
-        b.serve_connection_with_upgrades(TokioIo::new(io), svc).await.map_err(drop)
-    };
-    match served {
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    b.http2().timer(TokioTimer::new());
+    match b.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
         Ok(()) => Termination::ClientClosed,
-        Err(()) => Termination::ClientError,
+        Err(_) => Termination::ClientError,
     }
 }
 
@@ -238,7 +232,7 @@ fn classify_client_error(e: &(dyn std::error::Error + 'static)) -> StatusCode {
     StatusCode::BAD_GATEWAY
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
+fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req
@@ -256,8 +250,9 @@ struct Chosen {
     limiter: Option<Arc<RateLimiter>>,
 }
 
-async fn handle(req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(handle_inner(req, &cx).await.unwrap_or_else(error_response))
+async fn handle(mut req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    Ok(handle_inner(req, &cx, upgrade).await.unwrap_or_else(error_response))
 }
 
 /// The route, client check and target of one request; `Err` is the status that refuses it.
@@ -324,7 +319,17 @@ fn rewrite_url(rw: &UrlRewrite, path_and_query: &str) -> String {
     out
 }
 
-async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Response<ProxyBody>, StatusCode> {
+/// One request from either server (hyper's, or the HTTP/2 front end). `upgrade` is the client
+/// side of an HTTP/1.1 upgrade request (WebSocket), taken by the caller.
+async fn handle_inner<B>(
+    mut req: Request<B>,
+    cx: &HttpConn,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ProxyBody>, StatusCode>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     let snap = cx.sh.snapshot.load_full();
     // Cheap clones (shared bytes): they let the request be borrowed here and changed below
     // without owned copies of host, path and query per request.
@@ -426,7 +431,8 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         rewritten = Some(rewrite_url(rw, uri0.path_and_query().map_or("/", |p| p.as_str())));
     }
 
-    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade;
+    let upgrade = client_upgrade.is_some();
     if upgrade {
         if let Some(ws) = http_opts.and_then(|h| h.websocket.as_ref()) {
             if !ws.enabled {
@@ -479,8 +485,10 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         let limits = http_opts.and_then(|h| h.websocket.as_ref()).map_or_else(ws::WsLimits::default, |w| {
             ws::WsLimits { ping_interval: w.ping_interval, ping_timeout: w.ping_timeout, max_payload: w.max_payload }
         });
+        let (parts, _) = req.into_parts();
         Box::pin(upgrade_request(
-            req,
+            parts,
+            client_upgrade.ok_or(StatusCode::BAD_REQUEST)?,
             cx,
             &chosen.target,
             reencrypt.then(|| backends.tls_h1.clone()),
@@ -504,6 +512,7 @@ async fn handle_inner(mut req: Request<Incoming>, cx: &HttpConn) -> Result<Respo
         *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
         *req.version_mut() = if backend_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
         let client = if backend_h2 { &backends.h2 } else { &backends.h1 };
+        let req = req.map(|b| b.map_err(Into::into).boxed());
         match tokio::time::timeout(wait, client.request(req)).await {
             Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
             Ok(Err(e)) => {
@@ -570,14 +579,14 @@ fn check_access(
 /// Forwards an HTTP/1.1 Upgrade (WebSocket) request over a fresh backend connection and, on
 /// `101`, relays both upgraded streams until either side closes.
 async fn upgrade_request(
-    mut req: Request<Incoming>,
+    mut parts: http::request::Parts,
+    client_upgrade: hyper::upgrade::OnUpgrade,
     cx: &HttpConn,
     target: &SelectedTarget,
     tls: Option<Arc<rustls::ClientConfig>>,
     path_and_query: &str,
     limits: ws::WsLimits,
 ) -> Result<Response<ProxyBody>, StatusCode> {
-    let client_upgrade = hyper::upgrade::on(&mut req);
     let o = &cx.sh.options;
     let tcp = match tokio::time::timeout(o.connection_timeout, TcpStream::connect((target.host.as_str(), target.port)))
         .await
@@ -587,7 +596,6 @@ async fn upgrade_request(
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);
-    let (mut parts, _) = req.into_parts();
     parts.uri = path_and_query.parse().map_err(|_| StatusCode::BAD_REQUEST)?;
     parts.version = Version::HTTP_11;
     let breq = Request::from_parts(parts, Empty::<Bytes>::new());

@@ -1,0 +1,262 @@
+//! The HTTP/2 front end: client connections that speak HTTP/2 (ALPN `h2`, or the prior-knowledge
+//! preface on a plain port), served on the `h2` crate.
+//!
+//! Every stream of a connection is polled inside the connection's own task (no task per stream):
+//! the streams run first, then the connection writes what they queued, so the answers of backends
+//! that replied together leave in one TLS record and one syscall. Requests go through the same
+//! routing and forwarding as hyper's requests ([`super::handle_inner`]); bodies stream both ways
+//! under HTTP/2 flow control, trailers included. A stream the client resets drops its request at
+//! once (a backend connection waiting for an answer is freed).
+//!
+//! Settings are hyper's server defaults: 1 MiB stream and connection windows, 16 KiB frames, 200
+//! concurrent streams, 16 KiB header lists, 400 KiB send buffer per stream, at most 1024 streams
+//! reset for local errors. Responses without a `date` header get one (hyper did the same).
+
+use super::{error_response, handle_inner, BoxError, Counted, HttpConn, ProxyBody};
+use crate::conn::Termination;
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use http::{header, HeaderMap, Request, Response};
+use hyper::body::{Body, Frame, SizeHint};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+const WINDOW: u32 = 1024 * 1024;
+const MAX_FRAME: u32 = 16 * 1024;
+const MAX_STREAMS: u32 = 200;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+const MAX_LOCAL_RESETS: usize = 1024;
+
+/// Serves one HTTP/2 client connection until it closes.
+pub(super) async fn serve<IO>(io: Counted<IO>, cx: Arc<HttpConn>) -> Termination
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = match h2::server::Builder::new()
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+        .handshake::<_, Bytes>(io)
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => return Termination::ClientError,
+    };
+    let mut streams = FuturesUnordered::new();
+    let mut accepting = true;
+    poll_fn(|tcx| loop {
+        // Streams first: what they send is queued before the connection writes.
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(tcx) {}
+        if accepting {
+            match conn.poll_accept(tcx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    streams.push(stream(req, respond, cx.clone()));
+                    continue; // polls the new stream, then accepts again
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Termination::ClientError),
+                Poll::Ready(None) => accepting = false,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        // No new streams (the client said GOAWAY, or left): the connection still carries the
+        // streams in flight until they end.
+        return match conn.poll_closed(tcx) {
+            Poll::Ready(Ok(())) if streams.is_empty() => Poll::Ready(Termination::ClientClosed),
+            Poll::Ready(Err(_)) => Poll::Ready(Termination::ClientError),
+            Poll::Ready(Ok(())) => Poll::Ready(Termination::ClientClosed),
+            Poll::Pending => Poll::Pending,
+        };
+    })
+    .await
+}
+
+/// One request and its response.
+async fn stream(req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>, cx: Arc<HttpConn>) {
+    let req = req.map(RequestBody);
+    let answer = handle_inner(req, &cx, None);
+    let mut answer = std::pin::pin!(answer);
+    // A stream the client resets ends here, dropping the request (and its backend connection).
+    let resp = poll_fn(|tcx| {
+        if respond.poll_reset(tcx).is_ready() {
+            return Poll::Ready(None);
+        }
+        answer.as_mut().poll(tcx).map(Some)
+    })
+    .await;
+    let Some(resp) = resp else { return };
+    let (mut head, body) = resp.unwrap_or_else(error_response).into_parts();
+    connection_headers_removed(&mut head.headers);
+    if !head.headers.contains_key(header::DATE) {
+        head.headers.insert(header::DATE, date::now());
+    }
+    let end = body.is_end_stream();
+    let Ok(mut send) = respond.send_response(Response::from_parts(head, ()), end) else { return };
+    if !end {
+        send_body(&mut send, body).await;
+    }
+}
+
+/// Streams a response body to the client under flow control; trailers end it when present.
+async fn send_body(send: &mut h2::SendStream<Bytes>, mut body: ProxyBody) {
+    loop {
+        let frame = poll_fn(|tcx| {
+            if send.poll_reset(tcx).is_ready() {
+                return Poll::Ready(Err(()));
+            }
+            Pin::new(&mut body).poll_frame(tcx).map(Ok)
+        })
+        .await;
+        let frame = match frame {
+            Err(()) => return, // reset by the client
+            Ok(None) => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Ok(Some(Err(_))) => {
+                send.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        match frame.into_data() {
+            Ok(mut data) => {
+                while !data.is_empty() {
+                    send.reserve_capacity(data.len());
+                    let granted = match poll_fn(|tcx| send.poll_capacity(tcx)).await {
+                        Some(Ok(n)) => n,
+                        _ => return, // the stream is gone
+                    };
+                    if granted == 0 {
+                        continue;
+                    }
+                    let chunk = data.split_to(granted.min(data.len()));
+                    if send.send_data(chunk, false).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = send.send_trailers(trailers);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// HTTP/2 forbids connection-specific fields; HTTP/1.1 backends may still send them.
+fn connection_headers_removed(h: &mut HeaderMap) {
+    for name in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
+        h.remove(name);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
+}
+
+/// A request body read from the client, giving its flow-control window back as it is consumed.
+struct RequestBody(h2::RecvStream);
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let s = &mut self.0;
+        match s.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                let _ = s.flow_control().release_capacity(data.len());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+        match s.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// The `date` header value, formatted once per second.
+mod date {
+    use http::HeaderValue;
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    thread_local! {
+        static CACHE: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+    }
+
+    pub fn now() -> HeaderValue {
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != secs || c.1.is_none() {
+                *c = (secs, HeaderValue::from_str(&format(secs)).ok());
+            }
+            c.1.clone().unwrap_or_else(|| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+        })
+    }
+
+    /// IMF-fixdate (RFC 9110 §5.6.7) of seconds since the epoch.
+    pub fn format(secs: u64) -> String {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        format!(
+            "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+            DAYS[(days % 7) as usize],
+            day,
+            MONTHS[(month - 1) as usize],
+            year,
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn imf_fixdate() {
+            assert_eq!(super::format(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+            assert_eq!(super::format(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+            assert_eq!(super::format(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+            assert_eq!(super::format(1_795_670_029), "Thu, 26 Nov 2026 05:13:49 GMT");
+        }
+    }
+}
