@@ -343,7 +343,7 @@ enum Step {
 pub fn run<IO: ClientIo>(io: IO, cx: Arc<HttpConn>) -> impl Future<Output = Termination> + Send {
     if io.negotiated_h2() {
         let io = Counted::new(io, cx.rec.clone(), Vec::new(), true);
-        return Either::Left(Box::pin(super::serve_hyper(io, cx)));
+        return Either::Left(Box::pin(super::h2front::serve(io, cx)));
     }
     Either::Right(serve_h1(Client { io, buf: Vec::new(), rec: cx.rec.clone() }, cx))
 }
@@ -384,10 +384,12 @@ fn serve_h1<IO: ClientIo>(mut c: Client<IO>, cx: Arc<HttpConn>) -> impl Future<O
 
 /// The connection, with the bytes read so far, as a boxed hyper server future (built here, so
 /// that nothing of it is stored in the caller's future).
-fn to_hyper<IO: ClientIo>(c: Client<IO>, cx: Arc<HttpConn>) -> Pin<Box<impl Future<Output = Termination> + Send>> {
-    let h2 = c.buf.starts_with(b"PRI * HTTP/2.0");
-    let io = Counted::new(c.io, c.rec, c.buf, h2);
-    Box::pin(super::serve_hyper(io, cx))
+fn to_hyper<IO: ClientIo>(c: Client<IO>, cx: Arc<HttpConn>) -> Pin<Box<dyn Future<Output = Termination> + Send>> {
+    if c.buf.starts_with(b"PRI * HTTP/2.0") {
+        // HTTP/2 with prior knowledge: the engine's HTTP/2 front end.
+        return Box::pin(super::h2front::serve(Counted::new(c.io, c.rec, c.buf, true), cx));
+    }
+    Box::pin(super::serve_hyper(Counted::new(c.io, c.rec, c.buf, false), cx))
 }
 
 /// One request and its response.

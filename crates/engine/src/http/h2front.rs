@@ -32,50 +32,56 @@ const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_LOCAL_RESETS: usize = 1024;
 
 /// Serves one HTTP/2 client connection until it closes.
-pub(super) async fn serve<IO>(io: Counted<IO>, cx: Arc<HttpConn>) -> Termination
+///
+/// Not an `async fn`: its arguments would stay in the future after the handshake took them (the
+/// TLS stream twice per connection); the handshake is boxed and freed once done.
+pub(super) fn serve<IO>(io: Counted<IO>, cx: Arc<HttpConn>) -> impl Future<Output = Termination> + Send
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut conn = match h2::server::Builder::new()
-        .initial_window_size(WINDOW)
-        .initial_connection_window_size(WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(MAX_HEADER_LIST)
-        .max_send_buffer_size(MAX_SEND_BUFFER)
-        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
-        .handshake::<_, Bytes>(io)
-        .await
-    {
-        Ok(c) => c,
-        Err(_) => return Termination::ClientError,
-    };
-    let mut streams = FuturesUnordered::new();
-    let mut accepting = true;
-    poll_fn(|tcx| loop {
-        // Streams first: what they send is queued before the connection writes.
-        while let Poll::Ready(Some(())) = streams.poll_next_unpin(tcx) {}
-        if accepting {
-            match conn.poll_accept(tcx) {
-                Poll::Ready(Some(Ok((req, respond)))) => {
-                    streams.push(stream(req, respond, cx.clone()));
-                    continue; // polls the new stream, then accepts again
-                }
-                Poll::Ready(Some(Err(_))) => return Poll::Ready(Termination::ClientError),
-                Poll::Ready(None) => accepting = false,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        // No new streams (the client said GOAWAY, or left): the connection still carries the
-        // streams in flight until they end.
-        return match conn.poll_closed(tcx) {
-            Poll::Ready(Ok(())) if streams.is_empty() => Poll::Ready(Termination::ClientClosed),
-            Poll::Ready(Err(_)) => Poll::Ready(Termination::ClientError),
-            Poll::Ready(Ok(())) => Poll::Ready(Termination::ClientClosed),
-            Poll::Pending => Poll::Pending,
+    let handshake = Box::pin(
+        h2::server::Builder::new()
+            .initial_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_concurrent_streams(MAX_STREAMS)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+            .handshake::<_, Bytes>(io),
+    );
+    async move {
+        let mut conn = match handshake.await {
+            Ok(c) => c,
+            Err(_) => return Termination::ClientError,
         };
-    })
-    .await
+        // Streams are polled with the connection until it closes.
+        let mut streams: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> = FuturesUnordered::new();
+        let mut accepting = true;
+        poll_fn(|tcx| loop {
+            // Streams first: what they send is queued before the connection writes.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(tcx) {}
+            if accepting {
+                match conn.poll_accept(tcx) {
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        streams.push(Box::pin(stream(req, respond, cx.clone())));
+                        continue; // polls the new stream, then accepts again
+                    }
+                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Termination::ClientError),
+                    Poll::Ready(None) => accepting = false,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // No new streams (the client said GOAWAY, or left): the connection still carries the
+            // streams in flight until they end (it closes once they have).
+            return match conn.poll_closed(tcx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Termination::ClientClosed),
+                Poll::Ready(Err(_)) => Poll::Ready(Termination::ClientError),
+                Poll::Pending => Poll::Pending,
+            };
+        })
+        .await
+    }
 }
 
 /// One request and its response.
@@ -258,5 +264,22 @@ mod date {
             assert_eq!(super::format(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
             assert_eq!(super::format(1_795_670_029), "Thu, 26 Nov 2026 05:13:49 GMT");
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// What every HTTP/2 connection holds besides its stream and h2's own state stays small.
+    #[test]
+    fn connection_state_stays_small() {
+        type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        fn future_size<A, B, F: std::future::Future>(_: fn(A, B) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let conn = std::mem::size_of::<h2::server::Connection<super::Counted<Tls>, bytes::Bytes>>();
+        let serve = future_size(super::serve::<Tls>);
+        println!("h2 connection {conn} B, serve future {serve} B");
+        // The connection once (not the arguments again, nor the finished handshake).
+        assert!(serve <= conn + 512, "serve future is {serve} bytes (connection {conn})");
     }
 }

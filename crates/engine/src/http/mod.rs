@@ -154,15 +154,11 @@ async fn serve_until_idle<F: std::future::Future<Output = Termination>>(
     }
 }
 
-/// The hyper server on a connection whose bytes are already counted (see [`Counted`]).
+/// The hyper server (HTTP/1) on a connection whose bytes are already counted (see [`Counted`]).
 async fn serve_hyper<IO>(io: Counted<IO>, cx: Arc<HttpConn>) -> Termination
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if io.batch {
-        // Known HTTP/2 (ALPN or the prior-knowledge preface): the engine's HTTP/2 front end.
-        return h2front::serve(io, cx).await;
-    }
     let svc_cx = cx.clone();
     let svc = hyper::service::service_fn(move |req| handle(req, svc_cx.clone()));
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
