@@ -44,8 +44,10 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Idle pooled backend connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle connections kept per backend address.
-const POOL_MAX_PER_TARGET: usize = 256;
+/// Idle connections kept per backend address. HTTP/2 clients keep up to 200 streams each in
+/// flight, every one on a backend connection of its own; with 256 the pool closed connections that
+/// the next burst had to open again (a connect and a close cost more than the request itself).
+const POOL_MAX_PER_TARGET: usize = 1024;
 
 /// A client connection the fast path can serve: plain TCP or terminated TLS.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
