@@ -12,12 +12,12 @@
 //! concurrent streams, 16 KiB header lists, 400 KiB send buffer per stream, at most 1024 streams
 //! reset for local errors. Responses without a `date` header get one (hyper did the same).
 
-use super::{error_response, handle_inner, BoxError, Counted, HttpConn, ProxyBody};
+use super::{error_response, handle_inner, headers, BoxError, Counted, HttpConn, ProxyBody};
 use crate::conn::Termination;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::{header, HeaderMap, Request, Response};
-use hyper::body::{Body, Frame, SizeHint};
+use http::{header, Request, Response};
+use hyper::body::{Body, Frame};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -99,7 +99,8 @@ async fn stream(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
     .await;
     let Some(resp) = resp else { return };
     let (mut head, body) = resp.unwrap_or_else(error_response).into_parts();
-    connection_headers_removed(&mut head.headers);
+    // HTTP/1.1 backends and route header templates may still name connection-specific fields.
+    headers::strip_connection_specific(&mut head.headers);
     if !head.headers.contains_key(header::DATE) {
         head.headers.insert(header::DATE, date::now());
     }
@@ -159,18 +160,6 @@ async fn send_body(send: &mut h2::SendStream<Bytes>, mut body: ProxyBody) {
     }
 }
 
-/// HTTP/2 forbids connection-specific fields; HTTP/1.1 backends may still send them.
-fn connection_headers_removed(h: &mut HeaderMap) {
-    for name in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
-        h.remove(name);
-    }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
-    if h.get(header::TE).is_some_and(|v| v != "trailers") {
-        h.remove(header::TE);
-    }
-}
-
 /// A request body read from the client, giving its flow-control window back as it is consumed.
 struct RequestBody(h2::RecvStream);
 
@@ -200,10 +189,6 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         self.0.is_end_stream()
     }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }
 
 /// The `date` header value, formatted once per second.
@@ -217,52 +202,29 @@ mod date {
     }
 
     pub fn now() -> HeaderValue {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let at = SystemTime::now();
+        let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
             if c.0 != secs || c.1.is_none() {
-                *c = (secs, HeaderValue::from_str(&format(secs)).ok());
+                *c = (secs, HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok());
             }
             c.1.clone().unwrap_or_else(|| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
         })
     }
 
-    /// IMF-fixdate (RFC 9110 §5.6.7) of seconds since the epoch.
-    pub fn format(secs: u64) -> String {
-        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-        let days = secs / 86_400;
-        let rem = secs % 86_400;
-        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        format!(
-            "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
-            DAYS[(days % 7) as usize],
-            day,
-            MONTHS[(month - 1) as usize],
-            year,
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
-    }
-
     #[cfg(test)]
     mod tests {
+        /// An IMF-fixdate (RFC 9110 §5.6.7) of now, the same value within a second.
         #[test]
-        fn imf_fixdate() {
-            assert_eq!(super::format(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-            assert_eq!(super::format(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-            assert_eq!(super::format(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
-            assert_eq!(super::format(1_795_670_029), "Thu, 26 Nov 2026 05:13:49 GMT");
+        fn imf_fixdate_of_now() {
+            let v = super::now();
+            let s = v.to_str().unwrap();
+            assert_eq!(s.len(), "Thu, 26 Nov 2026 05:13:49 GMT".len());
+            assert!(s.ends_with(" GMT"));
+            let t = httpdate::parse_http_date(s).unwrap();
+            let ago = std::time::SystemTime::now().duration_since(t).unwrap();
+            assert!(ago.as_secs() <= 2, "{s} is {ago:?} old");
         }
     }
 }

@@ -35,6 +35,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2): the hop-by-hop ones above except
+/// `trailer`, and `te` unless it is `trailers`.
+pub fn strip_connection_specific(h: &mut HeaderMap) {
+    for name in HOP_BY_HOP.iter().filter(|n| **n != header::TRAILER && **n != header::TE) {
+        h.remove(name);
+    }
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
+}
+
 /// Values available to header templates.
 pub struct TemplateVars<'a> {
     pub domain: &'a str,
