@@ -315,12 +315,12 @@ fn rewrite_url(rw: &UrlRewrite, path_and_query: &str) -> String {
     out
 }
 
-/// One request from either server (hyper's, or the HTTP/2 front end). `upgrade` is the client
-/// side of an HTTP/1.1 upgrade request (WebSocket), taken by the caller.
+/// One request from either server (hyper's, or the HTTP/2 front end). `client_upgrade` is the
+/// client side of an HTTP/1.1 upgrade request (WebSocket), taken by the caller.
 async fn handle_inner<B>(
     mut req: Request<B>,
     cx: &HttpConn,
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<ProxyBody>, StatusCode>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
@@ -427,7 +427,6 @@ where
         rewritten = Some(rewrite_url(rw, uri0.path_and_query().map_or("/", |p| p.as_str())));
     }
 
-    let client_upgrade = upgrade;
     let upgrade = client_upgrade.is_some();
     if upgrade {
         if let Some(ws) = http_opts.and_then(|h| h.websocket.as_ref()) {
@@ -477,14 +476,14 @@ where
     let wait = response_wait(http_opts);
     let backend_h2 = http_opts.is_some_and(|h| h.backend_http2);
 
-    let mut resp = if upgrade {
+    let mut resp = if let Some(client_upgrade) = client_upgrade {
         let limits = http_opts.and_then(|h| h.websocket.as_ref()).map_or_else(ws::WsLimits::default, |w| {
             ws::WsLimits { ping_interval: w.ping_interval, ping_timeout: w.ping_timeout, max_payload: w.max_payload }
         });
         let (parts, _) = req.into_parts();
         Box::pin(upgrade_request(
             parts,
-            client_upgrade.ok_or(StatusCode::BAD_REQUEST)?,
+            client_upgrade,
             cx,
             &chosen.target,
             reencrypt.then(|| backends.tls_h1.clone()),
