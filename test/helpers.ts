@@ -1,6 +1,7 @@
 // Shared helpers for the tapbundle suites: servers on 127.0.0.1 with ephemeral ports,
 // certificates generated at test time, and bounded waits. Every server returned has close().
 import * as net from 'node:net';
+import type * as http2 from 'node:http2';
 import * as tls from 'node:tls';
 import * as crypto from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -273,4 +274,26 @@ export function forward(name: string, ports: any, port: number | 'preserve', ext
     action: { type: 'forward' as const, target: { host: HOST, port }, ...(action || {}) },
     ...rest,
   };
+}
+
+export interface H2Answer {
+  head: http2.IncomingHttpHeaders;
+  body: Buffer;
+  trailers: http2.IncomingHttpHeaders;
+}
+
+/** One HTTP/2 request on `session`, with its response head, whole body and trailers. */
+export function h2Ask(session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, body?: string | Buffer): Promise<H2Answer> {
+  return new Promise((resolve, reject) => {
+    const st = session.request(headers);
+    const parts: Buffer[] = [];
+    let head: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders = {};
+    st.on('response', (hd) => (head = hd));
+    st.on('trailers', (t) => (trailers = t));
+    st.on('data', (d) => parts.push(d));
+    st.on('end', () => resolve({ head, body: Buffer.concat(parts), trailers }));
+    st.on('error', reject);
+    st.end(body);
+  });
 }

@@ -384,17 +384,7 @@ tap.test('HTTP/2 clients (h2c): requests reach HTTP/1.1 backends; chunked bodies
   const h2 = await import('node:http2');
   const session = h2.connect(`http://127.0.0.1:${port}`);
   session.on('error', () => {});
-  const ask = (headers: Record<string, any>, body?: string) =>
-    new Promise<{ head: Record<string, any>; body: Buffer }>((resolve, reject) => {
-      const st = session.request({ ':authority': 'app.test', ...headers });
-      const parts: Buffer[] = [];
-      let head: Record<string, any> = {};
-      st.on('response', (hd) => (head = hd));
-      st.on('data', (d) => parts.push(d));
-      st.on('end', () => resolve({ head, body: Buffer.concat(parts) }));
-      st.on('error', reject);
-      st.end(body);
-    });
+  const ask = (headers: Record<string, any>, body?: string) => h.h2Ask(session, { ':authority': 'app.test', ...headers }, body);
   const chunked = await ask({ ':path': '/chunked' });
   expect(chunked.head[':status']).toEqual(200);
   expect(chunked.body.toString()).toEqual('part1-part2');

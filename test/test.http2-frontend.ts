@@ -60,21 +60,8 @@ tap.test('setup', async () => {
   session.on('error', () => {});
 });
 
-type Answer = { head: http2.IncomingHttpHeaders; body: Buffer; trailers: http2.IncomingHttpHeaders };
-function ask(s: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, body?: Buffer): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const st = s.request({ ':authority': 'h2.test', ...headers });
-    const parts: Buffer[] = [];
-    let head: http2.IncomingHttpHeaders = {};
-    let trailers: http2.IncomingHttpHeaders = {};
-    st.on('response', (hd) => (head = hd));
-    st.on('trailers', (t) => (trailers = t));
-    st.on('data', (d) => parts.push(d));
-    st.on('end', () => resolve({ head, body: Buffer.concat(parts), trailers }));
-    st.on('error', reject);
-    st.end(body);
-  });
-}
+const ask = (s: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders, body?: Buffer) =>
+  h.h2Ask(s, { ':authority': 'h2.test', ...headers }, body);
 
 tap.test('8 MiB download and 8 MiB upload on one connection, with flow control both ways', async () => {
   const [down, up] = await Promise.all([ask(session, { ':path': '/big' }), ask(session, { ':method': 'POST', ':path': '/up' }, payload)]);
