@@ -1225,10 +1225,10 @@ struct PoolBody {
 impl PoolBody {
     /// The collected trailer fields as a trailers frame (once), if there were any.
     fn trailer_frame(&mut self) -> Option<hyper::body::Frame<bytes::Bytes>> {
-        if self.trailers.len() <= 2 {
+        let raw = std::mem::take(&mut self.trailers);
+        if raw.len() <= 2 {
             return None; // none, or only the final empty line
         }
-        let raw = std::mem::take(&mut self.trailers);
         let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&raw, &mut hs) else { return None };
         let mut map = http::HeaderMap::new();
