@@ -1179,13 +1179,15 @@ pub(super) async fn send_bodyless(
         bbuf.drain(..h.len); // interim responses have no place in this response
     };
     let status = StatusCode::from_u16(head.code).map_err(|_| StatusCode::BAD_GATEWAY)?;
+    // One copy of the head; the header values are slices of it (no allocation per value).
+    let raw = bytes::Bytes::copy_from_slice(&bbuf[..head.len]);
     let mut headers = http::HeaderMap::with_capacity(head.headers.len());
     for (n, v) in &head.headers {
-        let name = &bbuf[n.clone()];
+        let name = &raw[n.clone()];
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             continue; // the body is handed on decoded
         }
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(&bbuf[v.clone()])) {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_maybe_shared(raw.slice(v.clone()))) {
             headers.append(n, v);
         }
     }

@@ -122,14 +122,17 @@ pub fn apply_templates(h: &mut HeaderMap, templates: &[HeaderTemplate], v: &Temp
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` / `-Host`.
-pub fn add_forwarded(h: &mut HeaderMap, client_ip: &str, https: bool, host: Option<&str>) {
+/// Appends the client (`client_ip`, the address as a header value) to `X-Forwarded-For` and
+/// sets `X-Forwarded-Proto` / `-Host`.
+pub fn add_forwarded(h: &mut HeaderMap, client_ip: &HeaderValue, https: bool, host: Option<&str>) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let joined = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
-        _ => client_ip.to_owned(),
+    let value = match h.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {}", client_ip.to_str().unwrap_or_default())).ok()
+        }
+        _ => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
+    if let Some(v) = value {
         h.insert(xff, v);
     }
     h.insert(
@@ -226,7 +229,7 @@ mod tests {
     fn forwarded_and_cors() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
-        add_forwarded(&mut h, "2.2.2.2", true, Some("example.com"));
+        add_forwarded(&mut h, &HeaderValue::from_static("2.2.2.2"), true, Some("example.com"));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2");
         assert_eq!(h["x-forwarded-proto"], "https");
         let c = Cors {

@@ -108,6 +108,9 @@ pub struct HttpConn {
     pub port: u16,
     pub client_ip: IpAddr,
     pub client_ip_text: String,
+    /// `client_ip_text` as a header value, made by the first request that forwards it (clones
+    /// share its bytes).
+    pub client_ip_value: std::sync::OnceLock<HeaderValue>,
     pub server_ip: String,
     /// TLS was terminated here.
     pub tls: bool,
@@ -456,7 +459,10 @@ where
                 h.insert(header::HOST, host);
             }
         }
-        headers::add_forwarded(h, &cx.client_ip_text, cx.tls, host_raw);
+        let ip = cx
+            .client_ip_value
+            .get_or_init(|| HeaderValue::from_str(&cx.client_ip_text).unwrap_or(HeaderValue::from_static("")));
+        headers::add_forwarded(h, ip, cx.tls, host_raw);
         if let Some(ho) = http_opts {
             headers::apply_templates(h, &ho.request_headers, &vars);
             if upgrade {
@@ -466,11 +472,6 @@ where
             }
         }
     }
-    let authority = if chosen.target.host.contains(':') && !chosen.target.host.starts_with('[') {
-        format!("[{}]:{}", chosen.target.host, chosen.target.port)
-    } else {
-        format!("{}:{}", chosen.target.host, chosen.target.port)
-    };
     let backends = chosen.backends.clone().unwrap_or_else(|| cx.sh.backends.clone());
     let path_and_query = rewritten.as_deref().or_else(|| uri0.path_and_query().map(|p| p.as_str())).unwrap_or("/");
     let wait = response_wait(http_opts);
@@ -496,6 +497,11 @@ where
         let (parts, _) = req.into_parts();
         h1::send_bodyless(cx, &chosen.target.host, chosen.target.port, &parts, path_and_query, wait).await?
     } else {
+        let authority = if chosen.target.host.contains(':') && !chosen.target.host.starts_with('[') {
+            format!("[{}]:{}", chosen.target.host, chosen.target.port)
+        } else {
+            format!("{}:{}", chosen.target.host, chosen.target.port)
+        };
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(if reencrypt { Scheme::HTTPS } else { Scheme::HTTP });
         let authority = Authority::from_maybe_shared(Bytes::from(authority)).map_err(|_| StatusCode::BAD_GATEWAY)?;

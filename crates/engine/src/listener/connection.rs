@@ -403,6 +403,7 @@ fn http_conn(
         port,
         client_ip: ip,
         client_ip_text: ip.to_string(),
+        client_ip_value: Default::default(),
         server_ip,
         tls,
         sni,
