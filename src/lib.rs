@@ -255,8 +255,9 @@ fn port_arg(port: u32) -> Result<u16> {
 }
 
 /// The addon's Rust allocations (the engine's per-request headers, buffers and futures) use
-/// mimalloc: about 4 % less CPU per proxied HTTP/2 request (7 % of user time) than glibc's malloc, whose bins and
-/// frees across threads showed at ~8 % of the proxy's profile. Built with the local-dynamic TLS
-/// model (the addon is loaded with dlopen) and lazy arena commit (`.cargo/config.toml`).
+/// mimalloc: about 4 % less CPU per proxied HTTP/2 request (7 % of user time) than glibc's
+/// malloc, whose bins and frees across threads showed at ~8 % of the proxy's profile. Built with
+/// the local-dynamic TLS model (the addon is loaded with dlopen) and lazy arena commit
+/// (`.cargo/config.toml`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
