@@ -445,7 +445,8 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
         }
         None => None,
     };
-    let mut bbuf = bufs::Buf(bufs::take());
+    // A replayable request takes its buffer when the answer arrives (see `first_bytes`).
+    let mut bbuf = bufs::Buf(if replayable { Vec::new() } else { bufs::take() });
     let mut early = false;
     let mut be = if replayable {
         let send = send_whole(cx, kept_here, &host, port, &out, &mut bbuf.0, wait);
@@ -625,9 +626,24 @@ async fn send_whole(
 }
 
 /// Waits, at most `wait`, for the first bytes of a response (the one timer per request).
+/// An empty `bbuf` (no capacity) gets a cached buffer only once the answer is there: requests
+/// waiting for their backends then hold no buffer (500 HTTP/2 streams in flight would drain the
+/// cache and allocate 32 KiB each).
 async fn first_bytes(be: &mut TcpStream, bbuf: &mut Vec<u8>, wait: Duration) -> Result<(), StatusCode> {
-    bbuf.reserve(BUF);
-    match tokio::time::timeout(wait, be.read_buf(bbuf)).await {
+    let read = async {
+        loop {
+            be.readable().await?;
+            if bbuf.capacity() == 0 {
+                *bbuf = bufs::take();
+            }
+            bbuf.reserve(BUF);
+            match be.try_read_buf(bbuf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    };
+    match tokio::time::timeout(wait, read).await {
         Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
         Ok(Ok(n)) if n > 0 => Ok(()),
         Ok(_) => Err(StatusCode::BAD_GATEWAY),
@@ -1168,7 +1184,7 @@ pub(super) async fn send_bodyless(
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let mut bbuf = bufs::Buf(bufs::take());
+    let mut bbuf = bufs::Buf(Vec::new()); // taken from the cache when the answer arrives
     let mut be = send_whole(cx, None, host, port, &out, &mut bbuf.0, wait).await?;
     let deadline = tokio::time::Instant::now() + wait;
     let head = loop {

@@ -91,10 +91,13 @@ async fn stream(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
     let mut answer = std::pin::pin!(answer);
     // A stream the client resets ends here, dropping the request (and its backend connection).
     let resp = poll_fn(|tcx| {
-        if respond.poll_reset(tcx).is_ready() {
-            return Poll::Ready(None);
+        if let Poll::Ready(r) = answer.as_mut().poll(tcx) {
+            return Poll::Ready(Some(r));
         }
-        answer.as_mut().poll(tcx).map(Some)
+        match respond.poll_reset(tcx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     })
     .await;
     let Some(resp) = resp else { return };

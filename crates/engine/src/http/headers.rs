@@ -21,8 +21,17 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_str()))
 }
 
+/// Whether any of `h`'s fields is one of the fixed hop-by-hop headers (one pass over the map
+/// instead of a lookup per name; usually none is there).
+fn has_hop_by_hop(h: &HeaderMap) -> bool {
+    h.keys().any(|n| HOP_BY_HOP.contains(n))
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !has_hop_by_hop(h) {
+        return; // no Connection header either, so nothing it names
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -38,6 +47,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2): the hop-by-hop ones above except
 /// `trailer`, and `te` unless it is `trailers`.
 pub fn strip_connection_specific(h: &mut HeaderMap) {
+    if !has_hop_by_hop(h) {
+        return;
+    }
     for name in HOP_BY_HOP.iter().filter(|n| **n != header::TRAILER && **n != header::TE) {
         h.remove(name);
     }
