@@ -1195,18 +1195,13 @@ pub(super) async fn send_bodyless(
         bbuf.drain(..h.len); // interim responses have no place in this response
     };
     let status = StatusCode::from_u16(head.code).map_err(|_| StatusCode::BAD_GATEWAY)?;
-    // One copy of the head; the header values are slices of it (no allocation per value).
+    // One copy of the head; the header values are slices of it.
     let raw = bytes::Bytes::copy_from_slice(&bbuf[..head.len]);
-    let mut headers = http::HeaderMap::with_capacity(head.headers.len());
-    for (n, v) in &head.headers {
-        let name = &raw[n.clone()];
-        if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            continue; // the body is handed on decoded
-        }
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_maybe_shared(raw.slice(v.clone()))) {
-            headers.append(n, v);
-        }
-    }
+    let headers = header_map(
+        &raw,
+        // The body is handed on decoded: no transfer-encoding.
+        head.headers.iter().filter(|(n, _)| !raw[n.clone()].eq_ignore_ascii_case(b"transfer-encoding")).cloned(),
+    );
     let mut body = PoolBody {
         stream: Some(be),
         buf: bytes::BytesMut::from(&bbuf[head.len..]),
@@ -1226,6 +1221,19 @@ pub(super) async fn send_bodyless(
     Ok(resp)
 }
 
+/// Header fields, given as (name, value) ranges of `raw`, as a header map whose values are
+/// slices of `raw` (no allocation per value). Fields that are not valid names or values are left
+/// out.
+fn header_map(raw: &bytes::Bytes, fields: impl Iterator<Item = (Range<usize>, Range<usize>)>) -> http::HeaderMap {
+    let mut map = http::HeaderMap::with_capacity(fields.size_hint().1.unwrap_or(0));
+    for (n, v) in fields {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(&raw[n]), HeaderValue::from_maybe_shared(raw.slice(v))) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
 /// A response body read from a pooled backend connection by its framing (chunked bodies are
 /// decoded); the connection returns to the pool once the body is through.
 struct PoolBody {
@@ -1243,19 +1251,14 @@ struct PoolBody {
 impl PoolBody {
     /// The collected trailer fields as a trailers frame (once), if there were any.
     fn trailer_frame(&mut self) -> Option<hyper::body::Frame<bytes::Bytes>> {
-        let raw = std::mem::take(&mut self.trailers);
+        let raw = bytes::Bytes::from(std::mem::take(&mut self.trailers));
         if raw.len() <= 2 {
             return None; // none, or only the final empty line
         }
         let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&raw, &mut hs) else { return None };
-        let mut map = http::HeaderMap::new();
-        for f in fields {
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value)) {
-                map.append(n, v);
-            }
-        }
-        Some(hyper::body::Frame::trailers(map))
+        let fields = fields.iter().map(|f| (range_in(&raw, f.name.as_bytes()), range_in(&raw, f.value)));
+        Some(hyper::body::Frame::trailers(header_map(&raw, fields)))
     }
 
     fn finish(&mut self) {
