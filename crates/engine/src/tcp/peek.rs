@@ -4,8 +4,9 @@
 //! Waiting for *more* bytes after a peek needs care: readiness stays set while data is queued,
 //! so the peek runs inside `try_io`, which clears readiness only if no new readiness event arrived
 //! since it was sampled. Then `ready()` sleeps until the next edge (new data or FIN) instead of
-//! spinning. The peek goes through a duplicate of the socket's descriptor (std's safe `peek`);
-//! the duplicate shares the open file description and is closed when detection ends.
+//! spinning. On Linux the peek is one `recv(MSG_PEEK)` on the socket itself (rustix's safe
+//! wrapper). Elsewhere it goes through a duplicate of the descriptor (std's safe `peek`), which
+//! costs a `dup` and a `close` per connection.
 
 use crate::detect::{parse_client_hello, parse_http_head, sniff, ClientHello, DetectError, HttpHead, Sniff};
 use std::io;
@@ -41,7 +42,7 @@ pub enum PeekError {
 
 /// Peeks until the first bytes identify the connection, or `deadline` passes.
 pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initial, PeekError> {
-    let dup: std::net::TcpStream = socket2::SockRef::from(stream).try_clone().map_err(|_| PeekError::Closed)?.into();
+    let peeker = Peeker::new(stream)?;
     let mut buf = vec![0u8; FIRST_PEEK];
     let mut have = 0usize;
     loop {
@@ -50,7 +51,7 @@ pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initi
             .map_err(|_| PeekError::Timeout)?
             .map_err(|_| PeekError::Closed)?;
         let peeked = stream.try_io(Interest::READABLE, || {
-            let n = dup.peek(&mut buf)?;
+            let n = peeker.peek(&mut buf)?;
             if n == have && n > 0 && n < buf.len() {
                 // Nothing new yet: let readiness be cleared and wait for the next edge.
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -82,6 +83,38 @@ pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initi
             }
             None => {}
         }
+    }
+}
+
+/// Copies queued bytes without consuming them.
+#[cfg(target_os = "linux")]
+struct Peeker<'a>(&'a TcpStream);
+
+#[cfg(target_os = "linux")]
+impl<'a> Peeker<'a> {
+    fn new(stream: &'a TcpStream) -> Result<Self, PeekError> {
+        Ok(Peeker(stream))
+    }
+
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let (n, _) = rustix::net::recv(self.0, buf, rustix::net::RecvFlags::PEEK)?;
+        Ok(n)
+    }
+}
+
+/// Copies queued bytes without consuming them (through a duplicate descriptor).
+#[cfg(not(target_os = "linux"))]
+struct Peeker(std::net::TcpStream);
+
+#[cfg(not(target_os = "linux"))]
+impl Peeker {
+    fn new(stream: &TcpStream) -> Result<Self, PeekError> {
+        let dup = socket2::SockRef::from(stream).try_clone().map_err(|_| PeekError::Closed)?;
+        Ok(Peeker(dup.into()))
+    }
+
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.peek(buf)
     }
 }
 
