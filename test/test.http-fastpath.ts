@@ -177,7 +177,13 @@ tap.test('setup: an echo backend, a close-delimited backend, an early-answering 
     c.on('error', () => {});
   });
   oneShotPort = oneShot.port;
-  tcp.push(closing, early, oneShot);
+  // Status lines without a reason phrase ("HTTP/1.1 200", and "HTTP/1.1 404 " with an empty one).
+  const terse = await h.tcpServer((c) => {
+    let n = 0;
+    c.on('data', () => c.write(n++ % 2 === 0 ? 'HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok' : 'HTTP/1.1 404 \r\ncontent-length: 0\r\n\r\n'));
+    c.on('error', () => {});
+  });
+  tcp.push(closing, early, oneShot, terse);
   port = await h.freePort();
   proxy = new SmartProxy({
     routes: [
@@ -185,6 +191,7 @@ tap.test('setup: an echo backend, a close-delimited backend, an early-answering 
       { name: 'oneshot', match: { ports: port, domains: 'oneshot.test' }, action: { type: 'forward', target: { host: '127.0.0.1', port: oneShotPort } } },
       { name: 'early', match: { ports: port, domains: 'early.test' }, action: { type: 'forward', target: { host: '127.0.0.1', port: early.port } } },
       { name: 'app', match: { ports: port, domains: 'app.test' }, action: { type: 'forward', target: { host: '127.0.0.1', port: echoPort } } },
+      { name: 'terse', match: { ports: port, domains: 'terse.test' }, action: { type: 'forward', target: { host: '127.0.0.1', port: terse.port } } },
     ],
   });
   await proxy.start();
@@ -238,6 +245,19 @@ tap.test('a response without length is delimited by close, and the client is tol
   expect(res.headers.connection).toEqual('close');
   expect(res.body.toString()).toEqual('hello until close');
   await r.closed();
+});
+
+tap.test('status lines without a reason phrase are passed on; the connection stays usable', async () => {
+  const { s, r } = await open();
+  s.write(get('/a', 'terse.test'));
+  const first = await r.next();
+  expect(first.status).toEqual(200);
+  expect(first.body.toString()).toEqual('ok');
+  s.write(get('/b', 'terse.test'));
+  expect((await r.next()).status).toEqual(404);
+  s.write(get('/c'));
+  expect(JSON.parse((await r.next()).body.toString()).url).toEqual('/c');
+  s.destroy();
 });
 
 tap.test('a kept backend connection the backend closed meanwhile is replaced, not failed', async () => {

@@ -43,3 +43,42 @@ pub const fn tls_max_wire() -> usize {
     // Each record carries at most 16 KiB, so a maximal message spans two records.
     tls::MAX_CLIENT_HELLO + 4 + 2 * 5 + 64
 }
+
+/// Deterministic random mutations of a valid input, for tests that feed parsers of untrusted
+/// bytes (first bytes of a connection, backend responses) with broken variants of it.
+#[cfg(test)]
+pub(crate) fn mutations(seed: &[u8], count: usize, mut f: impl FnMut(&[u8])) {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move |n: usize| {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    };
+    const SPECIAL: [u8; 8] = [0x00, 0xff, 0x7f, 0x80, b'\r', b'\n', b':', b' '];
+    for _ in 0..count {
+        let mut v = seed.to_vec();
+        for _ in 0..1 + rand(4) {
+            let at = rand(v.len());
+            match rand(6) {
+                0 => v[at] = rand(256) as u8,
+                1 => v[at] = SPECIAL[rand(SPECIAL.len())],
+                2 => v[at] ^= 1 << rand(8),
+                3 => v.truncate(at),
+                4 => v.insert(at, SPECIAL[rand(SPECIAL.len())]),
+                _ => {
+                    // Copy a run of the input over another place (lengths that no longer match).
+                    let from = rand(v.len());
+                    let len = rand(16).min(v.len() - from).min(v.len() - at);
+                    let run = v[from..from + len].to_vec();
+                    v[at..at + len].copy_from_slice(&run);
+                }
+            }
+            if v.is_empty() {
+                break;
+            }
+        }
+        f(&v);
+    }
+}

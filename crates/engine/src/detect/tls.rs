@@ -323,6 +323,22 @@ mod tests {
     }
 
     #[test]
+    fn random_mutations_never_panic() {
+        for name in ["m.example.com", "127.0.0.1"] {
+            let hello = rustls_hello(name);
+            for seed in [hello.clone(), split_records(&hello, 64)] {
+                crate::detect::mutations(&seed, 20_000, |b| {
+                    if let Ok(h) = parse_client_hello(b) {
+                        if let Some(sni) = &h.sni {
+                            assert!(!sni.is_empty() && sni.bytes().all(|c| !c.is_ascii_uppercase()), "{sni:?}");
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    #[test]
     fn versions() {
         assert_eq!(TlsVersion::parse("TLSv1.2"), Some(TlsVersion::Tls12));
         assert_eq!(TlsVersion::parse("TLSv1_3"), Some(TlsVersion::Tls13));

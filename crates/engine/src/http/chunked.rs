@@ -183,6 +183,41 @@ mod tests {
         assert_eq!(whole(trailers), Ok(trailers.len() - 4));
     }
 
+    /// Feeds `body` in pieces of `piece` bytes: bytes taken, done, and whether it failed.
+    fn fed_in_pieces(body: &[u8], piece: usize) -> (usize, bool, bool) {
+        let mut c = Chunked::default();
+        let mut taken = 0;
+        for part in body.chunks(piece) {
+            match c.feed(part) {
+                Ok(n) => {
+                    assert!(n <= part.len());
+                    taken += n;
+                    if c.is_done() {
+                        break;
+                    }
+                }
+                Err(ChunkError) => return (taken, false, true),
+            }
+        }
+        (taken, c.is_done(), false)
+    }
+
+    #[test]
+    fn random_bodies_end_alike_however_they_arrive() {
+        let body = b"10\r\n0123456789abcdef\r\n2;x=y\r\nxy\r\n0\r\nT: v\r\nU: w\r\n\r\nGET / HTTP/1.1\r\n";
+        crate::detect::mutations(body, 20_000, |b| {
+            let whole = fed_in_pieces(b, b.len().max(1));
+            for piece in [1, 3, 7] {
+                let (taken, done, failed) = fed_in_pieces(b, piece);
+                assert_eq!(done, whole.1, "piece {piece}: {b:?}");
+                assert_eq!(failed, whole.2, "piece {piece}: {b:?}");
+                if done {
+                    assert_eq!(taken, whole.0, "piece {piece}: {b:?}");
+                }
+            }
+        });
+    }
+
     #[test]
     fn any_split_gives_the_same_end() {
         let body = b"10\r\n0123456789abcdef\r\n2\r\nxy\r\n0\r\nT: v\r\n\r\nrest";

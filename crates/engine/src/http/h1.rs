@@ -1040,9 +1040,14 @@ struct RespHead {
     headers: Vec<(Range<usize>, Range<usize>)>,
 }
 
-/// Where `part`, a slice of `buf`, lies in it.
+/// Where `part`, a slice of `buf`, lies in it. An empty `part` may point anywhere (httparse
+/// gives a static `""` as the reason of a status line without one): it is the empty range.
 fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    if part.is_empty() {
+        return 0..0;
+    }
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    debug_assert!(start.checked_add(part.len()).is_some_and(|end| end <= buf.len()), "not a slice of buf");
     start..start + part.len()
 }
 
@@ -1351,6 +1356,28 @@ impl hyper::body::Body for PoolBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_line_without_reason() {
+        for raw in [&b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok"[..], b"HTTP/1.1 404 \r\nX-Empty:\r\n\r\n"] {
+            let r = parse_response(raw, false).unwrap().unwrap();
+            let head = String::from_utf8(client_head(raw, &r, &[], false)).unwrap();
+            assert!(head.starts_with(&format!("HTTP/1.1 {} \r\n", r.code)), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn random_response_heads_never_panic() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nSet-Cookie: a=1\r\n\r\nhello";
+        crate::detect::mutations(raw, 20_000, |b| {
+            for head_request in [false, true] {
+                if let Ok(Some(r)) = parse_response(b, head_request) {
+                    assert!(r.len <= b.len());
+                    let _ = client_head(b, &r, &[], true);
+                }
+            }
+        });
+    }
 
     #[test]
     fn response_framing_and_hop_by_hop() {
