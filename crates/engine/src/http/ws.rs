@@ -126,7 +126,8 @@ impl Scanner {
             if opcode != OP_CONT {
                 self.message_size = 0;
             }
-            self.message_size += len;
+            // Saturating: a peer may claim lengths up to 2^64 - 1 in several fragments.
+            self.message_size = self.message_size.saturating_add(len);
             if max_payload.is_some_and(|m| self.message_size > m) {
                 out(&h, Verdict::TooBig, false);
                 return;
@@ -310,6 +311,58 @@ mod tests {
         assert_eq!(forwarded, expect);
         assert_eq!(got.iter().filter(|(_, v)| *v == Verdict::OurPong).count(), 1);
         assert!(s.at_boundary);
+    }
+
+    /// Feeds `data` in pieces of `piece` bytes: the bytes emitted (in order) and every verdict
+    /// with the number of bytes emitted before it, up to and including a `TooBig`.
+    fn scan_in_pieces(data: &[u8], piece: usize, max: Option<u64>) -> (Vec<u8>, Vec<(usize, Verdict)>) {
+        let mut s = Scanner::new();
+        let (mut bytes, mut verdicts) = (Vec::new(), Vec::new());
+        for part in data.chunks(piece) {
+            let mut stop = false;
+            s.feed(part, max, |b, v, _| {
+                stop |= v == Verdict::TooBig;
+                if v != Verdict::Forward {
+                    verdicts.push((bytes.len(), v));
+                }
+                bytes.extend_from_slice(b);
+            });
+            if stop {
+                break;
+            }
+        }
+        (bytes, verdicts)
+    }
+
+    #[test]
+    fn random_streams_scan_alike_however_they_arrive() {
+        let mut ours = PING_TAG.to_vec();
+        ours.extend_from_slice(&3u64.to_be_bytes());
+        let mut data = masked_frame(0x1, b"hello");
+        data.extend(masked_frame(OP_PONG, &ours));
+        data.extend([0x02, 0xfe, 0x00, 0x05, 1, 2, 3, 4, 5, 6, 7, 8, 9]); // 16-bit length, unmasked
+        data.extend(masked_frame(0x9, b"ping"));
+        data.extend(masked_frame(OP_CONT, b"tail"));
+        data.extend(masked_frame(OP_CLOSE, &close_payload(1000, "bye")));
+        // Two fragments whose claimed lengths add up past 2^64.
+        let huge = [0x01, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        let mut s = Scanner::new();
+        s.feed(&huge, None, |_, _, _| {});
+        s.remaining = 0;
+        s.feed(&[0x80, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], Some(u64::MAX - 1), |_, v, _| {
+            assert_eq!(v, Verdict::TooBig)
+        });
+        crate::detect::mutations(&data, 20_000, |d| {
+            for max in [None, Some(8)] {
+                let (whole, verdicts) = scan_in_pieces(d, d.len().max(1), max);
+                assert!(d.starts_with(&whole), "emitted bytes that were not sent");
+                for piece in [1, 2, 5] {
+                    let (bytes, v) = scan_in_pieces(d, piece, max);
+                    assert_eq!(bytes, whole, "piece {piece}: {d:?}");
+                    assert_eq!(v, verdicts, "piece {piece}: {d:?}");
+                }
+            }
+        });
     }
 
     #[test]
