@@ -156,3 +156,120 @@ fn http_options_and_certificates() {
     .unwrap_err();
     assert!(e.to_string().contains("passthrough"), "{e}");
 }
+
+/// Replaces one random node of `v` (chosen by `pick`) with an odd value of another type.
+fn mutate_node(v: &mut Value, pick: &mut impl FnMut(usize) -> usize) {
+    const ODD: [&str; 14] = [
+        "null",
+        "0",
+        "-1",
+        "65536",
+        "1.5",
+        "\"\"",
+        "\"*\"",
+        "\"a..b\"",
+        "\"[::1\"",
+        "\"/:x/*\"",
+        "[]",
+        "{}",
+        "true",
+        "\"10.0.0.0/33\"",
+    ];
+    let children: usize = match v {
+        Value::Array(a) => a.len(),
+        Value::Object(o) => o.len(),
+        _ => 0,
+    };
+    if children == 0 || pick(4) == 0 {
+        *v = serde_json::from_str(ODD[pick(ODD.len())]).unwrap();
+        return;
+    }
+    let i = pick(children);
+    match v {
+        Value::Array(a) => mutate_node(&mut a[i], pick),
+        Value::Object(o) => {
+            if let Some((_, child)) = o.iter_mut().nth(i) {
+                mutate_node(child, pick)
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Broken variants of a rich route set are refused with an error or compiled into a table that
+/// matches requests; nothing panics (a panic here would surface in `start()`/`updateRoutes()`).
+#[test]
+fn random_route_mutations_never_panic() {
+    let seed = json!([
+        {"name": "web", "priority": 5, "match": {"ports": [80, {"from": 8000, "to": 8010}], "domains": ["*.example.com", "example.org"],
+          "path": "/api/:version/*", "clientIp": ["10.0.0.0/8", "::1", "192.168.1.*"], "headers": {"x-env": "/^prod$/i", "x-a": "b"}},
+         "action": {"type": "forward", "targets": [{"host": ["a", "b"], "port": 81, "match": {"path": "/x/*"}}, {"host": "c", "port": "preserve"}],
+           "headers": {"request": {"X-Route": "{routeName}"}, "response": {"X-Served": "{domain}"}},
+           "urlRewrite": {"pattern": "^/api/(.*)$", "target": "/$1"}, "loadBalancing": {"algorithm": "round-robin"}},
+         "security": {"ipAllowList": ["10.1.2.*", "::1"], "ipBlockList": ["10.0.0.9"], "maxConnections": 10,
+           "basicAuth": {"enabled": true, "users": [{"username": "u", "password": "p"}], "realm": "r"},
+           "rateLimit": {"enabled": true, "maxRequests": 5, "window": 60}}},
+        {"name": "tls", "match": {"ports": 443, "domains": "secure.example.com", "tlsVersion": ["TLSv1.3"]},
+         "action": {"type": "forward", "target": {"host": "127.0.0.1", "port": 8443}, "tls": {"mode": "passthrough"},
+           "websocket": {"enabled": true, "pingInterval": 1000, "maxPayloadSize": 1024}}},
+        {"name": "js", "match": {"ports": 9000}, "action": {"type": "socket-handler", "socketHandler": {"$fn": 1}}},
+        {"match": {"ports": 9001}, "action": {"type": "forward", "target": {"host": {"$fn": 2}, "port": {"$fn": 3}}}}
+    ]);
+    let routes = parse_routes(&seed).expect("the seed is valid");
+    let head =
+        crate::detect::parse_http_head(b"GET /api/v1/users?q=1 HTTP/1.1\r\nHost: a.example.com\r\nX-Env: PROD\r\n\r\n")
+            .unwrap();
+    let probe = |table: &crate::matching::RouteTable| {
+        for port in [80, 443, 8005, 9000, 9001] {
+            for ip in ["10.1.2.3", "::1", "192.168.1.7"] {
+                let ip: std::net::IpAddr = ip.parse().unwrap();
+                let _ = table.early(port, ip);
+                let input = crate::matching::MatchInput {
+                    port,
+                    client_ip: ip,
+                    domain: Some("a.example.com"),
+                    http: Some(&head),
+                    tls_version: None,
+                };
+                if let Some(i) = table.find(&input) {
+                    let _ = table.select_target(i, &input);
+                }
+            }
+        }
+    };
+    probe(&crate::matching::RouteTable::new(routes));
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut pick = move |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n.max(1) as u64) as usize
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..5_000 {
+        let mut v = seed.clone();
+        for _ in 0..1 + pick(3) {
+            mutate_node(&mut v, &mut pick);
+        }
+        match parse_routes(&v) {
+            Ok(routes) => {
+                accepted += 1;
+                probe(&crate::matching::RouteTable::new(routes));
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    // Both outcomes occur, so the mutations reach past the first checks.
+    assert!(accepted > 100 && refused > 100, "accepted {accepted}, refused {refused}");
+    let text = seed.to_string();
+    crate::detect::mutations(text.as_bytes(), 5_000, |b| {
+        if let Ok(v) = serde_json::from_slice::<Value>(b) {
+            if let Ok(routes) = parse_routes(&v) {
+                probe(&crate::matching::RouteTable::new(routes));
+            }
+        }
+    });
+}
