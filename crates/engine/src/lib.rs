@@ -18,6 +18,8 @@ pub mod matching;
 pub mod proxy;
 pub mod snapshot;
 pub mod tcp;
+#[cfg(test)]
+mod testutil;
 mod timer;
 pub mod tls;
 

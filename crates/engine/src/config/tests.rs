@@ -238,13 +238,8 @@ fn random_route_mutations_never_panic() {
         }
     };
     probe(&crate::matching::RouteTable::new(routes));
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut pick = move |n: usize| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % n.max(1) as u64) as usize
-    };
+    let mut rng = crate::testutil::Rng::new(0x2545_f491_4f6c_dd1d);
+    let mut pick = |n: usize| rng.below(n);
     let (mut accepted, mut refused) = (0, 0);
     for _ in 0..5_000 {
         let mut v = seed.clone();
@@ -265,7 +260,7 @@ fn random_route_mutations_never_panic() {
     // Both outcomes occur, so the mutations reach past the first checks.
     assert!(accepted > 100 && refused > 100, "accepted {accepted}, refused {refused}");
     let text = seed.to_string();
-    crate::detect::mutations(text.as_bytes(), 5_000, |b| {
+    crate::testutil::mutations(text.as_bytes(), 5_000, |b| {
         if let Ok(v) = serde_json::from_slice::<Value>(b) {
             if let Ok(routes) = parse_routes(&v) {
                 probe(&crate::matching::RouteTable::new(routes));

@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn random_mutations_never_panic() {
         let raw = b"POST http://a.example:81/p/q?x=1 HTTP/1.1\r\nHost: A.Example:81\r\nConnection: keep-alive\r\nX-A: 1\r\nContent-Length: 3\r\n\r\nabc";
-        crate::detect::mutations(raw, 20_000, |b| {
+        crate::testutil::mutations(raw, 20_000, |b| {
             let _ = super::super::sniff(b);
             if let Ok(h) = parse_http_head(b) {
                 assert!(!h.method.is_empty());

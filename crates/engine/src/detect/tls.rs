@@ -327,7 +327,7 @@ mod tests {
         for name in ["m.example.com", "127.0.0.1"] {
             let hello = rustls_hello(name);
             for seed in [hello.clone(), split_records(&hello, 64)] {
-                crate::detect::mutations(&seed, 20_000, |b| {
+                crate::testutil::mutations(&seed, 20_000, |b| {
                     if let Ok(h) = parse_client_hello(b) {
                         if let Some(sni) = &h.sni {
                             assert!(!sni.is_empty() && sni.bytes().all(|c| !c.is_ascii_uppercase()), "{sni:?}");

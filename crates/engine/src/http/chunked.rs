@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn random_bodies_end_alike_however_they_arrive() {
         let body = b"10\r\n0123456789abcdef\r\n2;x=y\r\nxy\r\n0\r\nT: v\r\nU: w\r\n\r\nGET / HTTP/1.1\r\n";
-        crate::detect::mutations(body, 20_000, |b| {
+        crate::testutil::mutations(body, 20_000, |b| {
             let whole = fed_in_pieces(b, b.len().max(1));
             for piece in [1, 3, 7] {
                 let (taken, done, failed) = fed_in_pieces(b, piece);

@@ -1369,7 +1369,7 @@ mod tests {
     #[test]
     fn random_response_heads_never_panic() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\nSet-Cookie: a=1\r\n\r\nhello";
-        crate::detect::mutations(raw, 20_000, |b| {
+        crate::testutil::mutations(raw, 20_000, |b| {
             for head_request in [false, true] {
                 if let Ok(Some(r)) = parse_response(b, head_request) {
                     assert!(r.len <= b.len());

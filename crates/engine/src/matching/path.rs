@@ -267,9 +267,9 @@ mod tests {
         let patterns = ["/api/:v/*", "/*/*/x", "/:a:b/*", "*", "/x/", "/u/:id", "/*.js", "/é/:n/*/z", "/:a/:b/:c"];
         let paths = "/api/v1/users/é/x/y.js//z";
         for pat in patterns {
-            crate::detect::mutations(pat.as_bytes(), 300, |pb| {
+            crate::testutil::mutations(pat.as_bytes(), 300, |pb| {
                 let Ok(p) = PathPattern::parse(&String::from_utf8_lossy(pb)) else { return };
-                crate::detect::mutations(paths.as_bytes(), 100, |b| {
+                crate::testutil::mutations(paths.as_bytes(), 100, |b| {
                     let path = String::from_utf8_lossy(b);
                     let (mut a, mut t) = (Vec::new(), Vec::new());
                     let slow = p.match_from(0, &path, 0, &mut a, &mut { usize::MAX }).ok().flatten();
