@@ -151,6 +151,33 @@ tap.test('200 concurrent socket-handler connections are all answered', async () 
   expect(results.filter(Boolean).length).toEqual(200);
 });
 
+tap.test('handed-over connections stop counting once closed, however fast JavaScript closes them', async () => {
+  // The handler answers and ends at once: on a busy machine JavaScript can close the socket
+  // before the engine's task has filed the connection as handed over.
+  const p = await h.freePort();
+  const quick = new SmartProxy({
+    connectionRateLimitPerMinute: 0,
+    maxConnectionsPerIP: 0,
+    routes: [route('quick', p, (socket: net.Socket) => socket.end('bye'))],
+  });
+  await quick.start();
+  try {
+    for (let batch = 0; batch < 20; batch++) {
+      await Promise.all(
+        Array.from({ length: 25 }, async () => {
+          const s = await h.connect(p);
+          expect((await h.readBytes(s, 3)).toString()).toEqual('bye');
+          await h.closed(s);
+        }),
+      );
+    }
+    await h.waitFor(() => quick.getStatistics().activeConnections === 0, 5000, 'no active connections');
+    expect(quick.getStatistics().totalConnections).toEqual(500);
+  } finally {
+    await quick.stop();
+  }
+});
+
 tap.test('function targets: a sync port function and an async host function', async () => {
   const backend = await h.namedServer('fn-backend');
   const p = await h.freePort();

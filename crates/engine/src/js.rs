@@ -13,6 +13,7 @@
 use crate::conn::{ConnGuard, ConnRecord, Termination};
 use crate::detect::TlsVersion;
 use crate::matching::{CompiledRoute, SelectedTarget};
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde_json::{json, Map, Value};
 use std::future::Future;
@@ -40,7 +41,23 @@ pub trait JsBridge: Send + Sync + 'static {
 #[derive(Default)]
 pub struct Handoffs {
     pending: DashMap<u64, OwnedFd>,
-    open: DashMap<u64, ConnGuard>,
+    open: DashMap<u64, Handed>,
+}
+
+/// A handed-over connection's books. JavaScript may claim, serve and close a socket before the
+/// connection's task gets to [`Handoffs::keep`] its guard (a short exchange on a busy machine),
+/// so whichever of the two comes second closes the books.
+enum Handed {
+    Kept(ConnGuard),
+    ClosedFirst { failed: bool },
+}
+
+fn termination(failed: bool) -> Termination {
+    if failed {
+        Termination::HandlerError
+    } else {
+        Termination::ClientClosed
+    }
 }
 
 impl Handoffs {
@@ -52,9 +69,17 @@ impl Handoffs {
     /// JavaScript closed the socket (`failed`: its handler threw or rejected).
     pub fn closed(&self, conn_id: u64, failed: bool) {
         self.pending.remove(&conn_id);
-        if let Some((_, mut guard)) = self.open.remove(&conn_id) {
-            guard.end(if failed { Termination::HandlerError } else { Termination::ClientClosed });
-        }
+        let mut guard = match self.open.entry(conn_id) {
+            Entry::Vacant(e) => {
+                e.insert(Handed::ClosedFirst { failed });
+                return;
+            }
+            Entry::Occupied(e) => match e.remove() {
+                Handed::Kept(guard) => guard,
+                Handed::ClosedFirst { .. } => return,
+            },
+        };
+        guard.end(termination(failed));
     }
 
     pub(crate) fn park(&self, conn_id: u64, fd: OwnedFd) {
@@ -66,22 +91,27 @@ impl Handoffs {
         self.pending.remove(&conn_id);
     }
 
-    pub(crate) fn keep(&self, guard: ConnGuard) {
-        self.open.insert(guard.rec.id, guard);
+    /// Keeps a handed-over connection counted until JavaScript closes it (or has closed it).
+    pub(crate) fn keep(&self, mut guard: ConnGuard) {
+        match self.open.entry(guard.rec.id) {
+            Entry::Vacant(e) => {
+                e.insert(Handed::Kept(guard));
+            }
+            Entry::Occupied(e) => {
+                if let Handed::ClosedFirst { failed } = e.remove() {
+                    guard.end(termination(failed));
+                }
+            }
+        }
     }
 
     /// Closes a socket JavaScript never claimed (or could not be offered).
     pub(crate) fn expire(&self, conn_id: u64) {
         if self.pending.remove(&conn_id).is_some() {
-            if let Some((_, mut guard)) = self.open.remove(&conn_id) {
+            if let Some((_, Handed::Kept(mut guard))) = self.open.remove(&conn_id) {
                 guard.end(Termination::HandlerError);
             }
         }
-    }
-
-    /// Connections owned by JavaScript right now.
-    pub fn open_count(&self) -> usize {
-        self.open.len()
     }
 }
 
@@ -193,5 +223,49 @@ async fn call(bridge: &Arc<dyn JsBridge>, f: u32, context: Value) -> Result<Valu
         Err(_) => Err(format!("function did not settle within {} s", JS_CALL_TIMEOUT.as_secs())),
         Ok(Err(e)) => Err(format!("function failed: {e}")),
         Ok(Ok(v)) => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::{IpLimits, Registry};
+
+    fn handed(reg: &Arc<Registry>, h: &Handoffs) -> ConnGuard {
+        let g = reg.open("10.0.0.1".parse().unwrap(), 1, 80, IpLimits::default()).unwrap();
+        h.park(g.rec.id, std::fs::File::open("/dev/null").unwrap().into());
+        g
+    }
+
+    #[test]
+    fn a_handed_over_connection_closes_its_books_whichever_comes_first() {
+        let reg = Arc::new(Registry::default());
+        let h = Handoffs::default();
+        // The connection's task keeps the guard, then JavaScript claims and closes the socket.
+        let g = handed(&reg, &h);
+        let id = g.rec.id;
+        h.keep(g);
+        assert_eq!(reg.active(), 1);
+        assert!(h.claim(id).is_some());
+        h.closed(id, false);
+        assert_eq!(reg.active(), 0);
+        // JavaScript is faster: it claims, serves and closes before the task keeps the guard.
+        let g = handed(&reg, &h);
+        let id = g.rec.id;
+        assert!(h.claim(id).is_some());
+        h.closed(id, true);
+        assert_eq!(reg.active(), 1, "the guard is still the task's");
+        h.keep(g);
+        assert_eq!(reg.active(), 0);
+        assert!(h.open.is_empty());
+        let s = reg.stats();
+        assert!(s.termination_incoming.contains(&("client_closed", 1)), "{:?}", s.termination_incoming);
+        assert!(s.termination_incoming.contains(&("socket_handler_error", 1)), "{:?}", s.termination_incoming);
+        // Never claimed: expiry closes the books.
+        let g = handed(&reg, &h);
+        let id = g.rec.id;
+        h.keep(g);
+        h.expire(id);
+        assert_eq!(reg.active(), 0);
     }
 }
