@@ -67,7 +67,9 @@ async function main() {
   await alone.start();
   await proxy.start();
   const load = await loadPhases([plainOnly, plain, fn, sock]);
+  const seqCpu = process.cpuUsage();
   const results = await remote([backendPort, plainOnly, plain, fn, sock]);
+  const seqUsed = process.cpuUsage(seqCpu);
   await proxy.stop();
   await alone.stop();
   backend.kill();
@@ -95,6 +97,9 @@ async function main() {
   names.forEach((name, i) => console.log(`| ${name} | ${fmt(results[i].p50)} | ${fmt(results[i].p99)} | ${fmt(results[i].mean)} |`));
   console.log(`\nfunction target: median cost over the plain route ${fmt(results[3].p50 - results[2].p50)} µs (target < 100 µs)`);
   console.log(`plain route, median latency with JS routes present vs alone: ${(results[2].p50 / results[1].p50).toFixed(2)}x`);
+  // Warm-up included: 100 connections per port before the N measured ones (conn-latency.py).
+  const seqConns = 4 * (N + 100);
+  console.log(`proxy CPU per connection over the sequential run (all four proxied routes, warm-up included): ${((seqUsed.user + seqUsed.system) / seqConns).toFixed(1)} µs`);
 }
 
 /**

@@ -185,6 +185,8 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 pub struct Registry {
     next_id: AtomicU64,
     total: AtomicU64,
+    /// Live connections (`conns.len()` without visiting the map's shards).
+    live: AtomicU64,
     bytes_in_closed: AtomicU64,
     bytes_out_closed: AtomicU64,
     conns: DashMap<u64, Arc<ConnRecord>>,
@@ -260,6 +262,7 @@ impl Registry {
             target: OnceLock::new(),
         });
         self.conns.insert(id, rec.clone());
+        self.live.fetch_add(1, Ordering::Relaxed);
         Ok(ConnGuard { registry: self.clone(), rec, reason: None })
     }
 
@@ -271,7 +274,7 @@ impl Registry {
     }
 
     pub fn active(&self) -> u64 {
-        self.conns.len() as u64
+        self.live.load(Ordering::Relaxed)
     }
 
     pub fn total(&self) -> u64 {
@@ -373,6 +376,7 @@ impl Drop for ConnGuard {
         // Without a rate window the entry can go as soon as its last connection does.
         r.per_ip.remove_if(&self.rec.client_ip, |_, st| st.active == 0 && st.recent.is_empty());
         r.conns.remove(&self.rec.id);
+        r.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

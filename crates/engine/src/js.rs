@@ -19,8 +19,10 @@ use serde_json::{json, Map, Value};
 use std::future::Future;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
 
@@ -28,6 +30,11 @@ pub type CallFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>
 pub const JS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a handed-over socket may wait for JavaScript to claim it.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a worker with nothing else to do polls for a function's result before it sleeps
+/// (see [`Calls`]).
+pub const SPIN_BUDGET: Duration = Duration::from_micros(250);
+/// Calls of a function waited for asleep after its result missed [`SPIN_BUDGET`].
+pub const SPIN_BACKOFF: u8 = 8;
 
 /// Implemented by the embedder (the napi binding).
 pub trait JsBridge: Send + Sync + 'static {
@@ -177,12 +184,58 @@ impl RouteContext<'_> {
     }
 }
 
+/// The JavaScript function calls of one running proxy, and how a worker waits for a result.
+///
+/// A function runs on Node's thread; its result comes back to a tokio worker. A worker that
+/// went to sleep waiting must be woken, and waking a thread on an idle vCPU costs 20–60 µs on
+/// a small VM (bench/RESULTS.md, `bench/wakeup-rtt.c`), a large part of what a call adds to a
+/// connection on an idle machine. So when the proxy has a worker to spare (no other call is
+/// out, and no more live connections than worker threads), the waiting worker polls for the
+/// result for up to [`SPIN_BUDGET`] instead, giving up its CPU between polls (Node's thread
+/// may be waiting for that very CPU). Under load, the condition fails and workers sleep as
+/// usual, so polling never takes CPU from other connections. When a function's result does not
+/// come within the budget (a slow async function), its next [`SPIN_BACKOFF`] calls are waited
+/// for asleep.
+pub struct Calls {
+    in_flight: AtomicU32,
+    /// Per function id modulo its length: calls left to wait for asleep.
+    backoff: [AtomicU8; 64],
+    /// Live connections up to which a worker is to spare: the runtime's worker threads.
+    spare_up_to: u64,
+}
+
+impl Calls {
+    pub fn new(workers: usize) -> Self {
+        Calls {
+            in_flight: AtomicU32::new(0),
+            backoff: std::array::from_fn(|_| AtomicU8::new(0)),
+            spare_up_to: workers as u64,
+        }
+    }
+
+    fn backoff(&self, f: u32) -> &AtomicU8 {
+        &self.backoff[f as usize % self.backoff.len()]
+    }
+}
+
+/// Counts a call as in flight until dropped (settled, timed out or cancelled).
+struct InFlight<'a>(&'a Calls);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Calls the target's host and port functions, if any (host first; the port function sees the
 /// chosen host as `targetHost`). A missing bridge, a throw or rejection, a result of the wrong
 /// type or a call slower than [`JS_CALL_TIMEOUT`] fails with `TargetFunctionError`.
+/// `live`: the proxy's live connections now (see [`Calls`]).
 pub async fn resolve_target(
     mut t: SelectedTarget,
     bridge: Option<&Arc<dyn JsBridge>>,
+    calls: &Calls,
+    live: u64,
     mut context: Value,
     pick: u64,
 ) -> Result<SelectedTarget, (Termination, String)> {
@@ -192,7 +245,7 @@ pub async fn resolve_target(
     let fail = |m: String| (Termination::TargetFunctionError, m);
     let bridge = bridge.ok_or_else(|| fail("no JavaScript bridge".into()))?;
     if let Some(f) = t.host_fn.take() {
-        let v = call(bridge, f, context.clone()).await.map_err(fail)?;
+        let v = call(bridge, calls, live, f, context.clone()).await.map_err(fail)?;
         t.host = match v {
             Value::String(s) if !s.trim().is_empty() => s,
             Value::Array(a) if !a.is_empty() && a.iter().all(|x| x.as_str().is_some_and(|s| !s.trim().is_empty())) => {
@@ -209,7 +262,7 @@ pub async fn resolve_target(
         }
     }
     if let Some(f) = t.port_fn.take() {
-        let v = call(bridge, f, context).await.map_err(fail)?;
+        let v = call(bridge, calls, live, f, context).await.map_err(fail)?;
         t.port = match v.as_f64() {
             Some(n) if n.fract() == 0.0 && (1.0..=65535.0).contains(&n) => n as u16,
             _ => return Err(fail(format!("target port function returned {v}, expected an integer 1-65535"))),
@@ -218,11 +271,55 @@ pub async fn resolve_target(
     Ok(t)
 }
 
-async fn call(bridge: &Arc<dyn JsBridge>, f: u32, context: Value) -> Result<Value, String> {
-    match tokio::time::timeout(JS_CALL_TIMEOUT, bridge.call(f, context)).await {
+async fn call(bridge: &Arc<dyn JsBridge>, calls: &Calls, live: u64, f: u32, context: Value) -> Result<Value, String> {
+    let alone = calls.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
+    let _in_flight = InFlight(calls);
+    let backoff = calls.backoff(f);
+    let spare = alone && live <= calls.spare_up_to;
+    let spin = spare && backoff.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err();
+    let started = Instant::now();
+    let pending = SpinFirst { inner: bridge.call(f, context), budget: spin.then_some(SPIN_BUDGET), until: None };
+    let r = match tokio::time::timeout(JS_CALL_TIMEOUT, pending).await {
         Err(_) => Err(format!("function did not settle within {} s", JS_CALL_TIMEOUT.as_secs())),
         Ok(Err(e)) => Err(format!("function failed: {e}")),
         Ok(Ok(v)) => Ok(v),
+    };
+    if spin && started.elapsed() > SPIN_BUDGET {
+        backoff.store(SPIN_BACKOFF, Ordering::Relaxed);
+    }
+    r
+}
+
+/// Polls `inner` in a loop, yielding the thread between polls, until it is ready or `budget`
+/// has passed; then waits for it as any future does. The waker registered by each poll is the
+/// task's own, so a result that arrives after the budget wakes the task as usual.
+struct SpinFirst<F> {
+    inner: F,
+    budget: Option<Duration>,
+    until: Option<Instant>,
+}
+
+impl<F: Future + Unpin> Future for SpinFirst<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        loop {
+            if let Poll::Ready(v) = Pin::new(&mut this.inner).poll(cx) {
+                return Poll::Ready(v);
+            }
+            let now = Instant::now();
+            if let Some(b) = this.budget.take() {
+                this.until = Some(now + b);
+            }
+            match this.until {
+                Some(t) if now < t => std::thread::yield_now(),
+                _ => {
+                    this.until = None;
+                    return Poll::Pending;
+                }
+            }
+        }
     }
 }
 
@@ -230,6 +327,7 @@ async fn call(bridge: &Arc<dyn JsBridge>, f: u32, context: Value) -> Result<Valu
 mod tests {
     use super::*;
     use crate::conn::{IpLimits, Registry};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     fn handed(reg: &Arc<Registry>, h: &Handoffs) -> ConnGuard {
         let g = reg.open("10.0.0.1".parse().unwrap(), 1, 80, IpLimits::default()).unwrap();
@@ -267,5 +365,102 @@ mod tests {
         h.keep(g);
         h.expire(id);
         assert_eq!(reg.active(), 0);
+    }
+
+    /// Ready once `flag` is set, without ever registering a waker: only polling finds it.
+    struct Flag(Arc<AtomicBool>, Arc<AtomicUsize>);
+
+    impl Future for Flag {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            if self.0.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    fn set_after(flag: &Arc<AtomicBool>, after: Duration) -> std::thread::JoinHandle<()> {
+        let flag = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            flag.store(true, Ordering::Release);
+        })
+    }
+
+    #[test]
+    fn spinning_finds_a_result_within_the_budget_and_gives_up_after_it() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Within the budget: one poll of the task returns the result.
+        let (flag, polls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let t = set_after(&flag, Duration::from_millis(5));
+        let mut f = SpinFirst { inner: Flag(flag, polls.clone()), budget: Some(Duration::from_secs(10)), until: None };
+        assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Ready(()));
+        assert!(polls.load(Ordering::Relaxed) > 1);
+        t.join().unwrap();
+        // Past the budget: back to the scheduler, and later polls do not spin again.
+        let (flag, polls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let mut f =
+            SpinFirst { inner: Flag(flag.clone(), polls.clone()), budget: Some(Duration::from_millis(2)), until: None };
+        let started = Instant::now();
+        assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Pending);
+        assert!(started.elapsed() >= Duration::from_millis(2));
+        let n = polls.load(Ordering::Relaxed);
+        assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Pending);
+        assert_eq!(polls.load(Ordering::Relaxed), n + 1);
+        flag.store(true, Ordering::Release);
+        assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Ready(()));
+        // No budget: a plain poll.
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut f = SpinFirst { inner: Flag(Arc::default(), polls.clone()), budget: None, until: None };
+        assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Pending);
+        assert_eq!(polls.load(Ordering::Relaxed), 1);
+    }
+
+    /// Answers every call with 8080 after `delay`, from another thread.
+    struct Delayed(Duration);
+
+    impl JsBridge for Delayed {
+        fn socket(&self, _: u32, _: u64, _: i32, _: Value) -> bool {
+            false
+        }
+        fn call(&self, _: u32, _: Value) -> CallFuture {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let delay = self.0;
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let _ = tx.send(json!(8080));
+            });
+            Box::pin(async move { rx.await.map_err(|e| e.to_string()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_function_slower_than_the_budget_is_awaited_asleep_for_a_while() {
+        let calls = Calls::new(2);
+        let target = || SelectedTarget { host: "h".into(), port: 0, host_fn: None, port_fn: Some(3) };
+        let slow: Arc<dyn JsBridge> = Arc::new(Delayed(SPIN_BUDGET * 40));
+        let fast: Arc<dyn JsBridge> = Arc::new(Delayed(Duration::ZERO));
+        let backoff = |f| Calls::backoff(&calls, f).load(Ordering::Relaxed);
+        let t = resolve_target(target(), Some(&slow), &calls, 1, json!({}), 0).await.unwrap();
+        assert_eq!(t.port, 8080);
+        assert_eq!(backoff(3), SPIN_BACKOFF, "the spin missed");
+        assert_eq!(backoff(4), 0, "other functions keep spinning");
+        // Busy proxy (more live connections than workers): no spin, the backoff stays.
+        resolve_target(target(), Some(&fast), &calls, 3, json!({}), 0).await.unwrap();
+        assert_eq!(backoff(3), SPIN_BACKOFF);
+        for left in (0..SPIN_BACKOFF).rev() {
+            resolve_target(target(), Some(&slow), &calls, 1, json!({}), 0).await.unwrap();
+            assert_eq!(backoff(3), left, "asleep: no new backoff");
+        }
+        resolve_target(target(), Some(&slow), &calls, 1, json!({}), 0).await.unwrap();
+        assert_eq!(backoff(3), SPIN_BACKOFF, "spinning again, and missed again");
+        assert_eq!(calls.in_flight.load(Ordering::Relaxed), 0);
+        // A call given up (timeout, shutdown) no longer counts as in flight.
+        let pending = resolve_target(target(), Some(&slow), &calls, 1, json!({}), 0);
+        assert!(tokio::time::timeout(Duration::from_micros(1), pending).await.is_err());
+        assert_eq!(calls.in_flight.load(Ordering::Relaxed), 0);
     }
 }

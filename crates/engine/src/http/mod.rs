@@ -383,8 +383,15 @@ where
         .to_json();
         let target = std::mem::replace(&mut chosen.target, SelectedTarget::fixed(String::new(), 0));
         // Boxed (as the upgrade below): rare paths must not size every request's future.
-        chosen.target = match Box::pin(crate::js::resolve_target(target, cx.sh.bridge.as_ref(), context, cx.rec.id))
-            .await
+        chosen.target = match Box::pin(crate::js::resolve_target(
+            target,
+            cx.sh.bridge.as_ref(),
+            &cx.sh.js_calls,
+            cx.sh.registry.active(),
+            context,
+            cx.rec.id,
+        ))
+        .await
         {
             Ok(t) => t,
             Err((_, why)) => {

@@ -25,6 +25,8 @@ pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// JavaScript callbacks (socket handlers, target functions), when the embedder has them.
     pub bridge: Option<Arc<dyn crate::js::JsBridge>>,
+    /// Target function calls in flight, and how their results are awaited.
+    pub js_calls: crate::js::Calls,
     /// Sockets handed to JavaScript (kept by the proxy across runs).
     pub handoffs: Arc<crate::js::Handoffs>,
     /// Backend clients for routes without their own (no certificate verification).
@@ -298,7 +300,16 @@ async fn plan(
         &guard.rec,
         known_host,
     );
-    match crate::js::resolve_target(target, sh.bridge.as_ref(), context, guard.rec.id).await {
+    match crate::js::resolve_target(
+        target,
+        sh.bridge.as_ref(),
+        &sh.js_calls,
+        sh.registry.active(),
+        context,
+        guard.rec.id,
+    )
+    .await
+    {
         Ok(t) => Ok(Plan::Relay(t)),
         Err((t, why)) => {
             sh.log_warn(format!("route {}: {why}", idx.map(|i| table.route(i).name.to_string()).unwrap_or_default()));
