@@ -24,10 +24,26 @@ export async function freePorts(n: number): Promise<number[]> {
   return ports;
 }
 
+/**
+ * Ports below the kernel's ephemeral range: no outgoing connection takes them, so no client
+ * socket lingers there in TIME-WAIT. After many short connections (a benchmark, a long test
+ * run) nearly every ephemeral port has such a socket, which keeps a listener off it, and runs
+ * of consecutive free ports become rare there.
+ */
+function belowEphemeral(): [number, number] {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    if (low > 2048) return [1024, low];
+  } catch {}
+  return [0, 0];
+}
+
 /** The first of `n` consecutive free ports (for port-range routes): tries bases until a run binds. */
 export async function freePortRun(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const [base] = await freePorts(1);
+  const [lo, hi] = belowEphemeral();
+  for (let attempt = 0; attempt < 100; attempt++) {
+    // Half the attempts below the ephemeral range (when there is one), half kernel-picked.
+    const base = hi - lo > n && attempt % 2 === 0 ? lo + Math.floor(Math.random() * (hi - lo - n)) : (await freePorts(1))[0];
     if (base + n - 1 > 65535) continue;
     const held: net.Server[] = [];
     for (let p = base; p < base + n; p++) {
