@@ -10,7 +10,7 @@
 //! No unsafe code: giving up an `OwnedFd` is safe; only creating one from a number is not, and
 //! that happens in libuv.
 
-use crate::conn::{ConnGuard, ConnRecord, Termination};
+use crate::conn::{ConnGuard, ConnRecord, Registry, Termination};
 use crate::detect::TlsVersion;
 use crate::matching::{CompiledRoute, SelectedTarget};
 use dashmap::mapref::entry::Entry;
@@ -200,15 +200,18 @@ pub struct Calls {
     in_flight: AtomicU32,
     /// Per function id modulo its length: calls left to wait for asleep.
     backoff: [AtomicU8; 64],
+    /// The proxy's connections, counted when a call decides how to wait.
+    registry: Arc<Registry>,
     /// Live connections up to which a worker is to spare: the runtime's worker threads.
     spare_up_to: u64,
 }
 
 impl Calls {
-    pub fn new(workers: usize) -> Self {
+    pub fn new(workers: usize, registry: Arc<Registry>) -> Self {
         Calls {
             in_flight: AtomicU32::new(0),
             backoff: std::array::from_fn(|_| AtomicU8::new(0)),
+            registry,
             spare_up_to: workers as u64,
         }
     }
@@ -230,12 +233,10 @@ impl Drop for InFlight<'_> {
 /// Calls the target's host and port functions, if any (host first; the port function sees the
 /// chosen host as `targetHost`). A missing bridge, a throw or rejection, a result of the wrong
 /// type or a call slower than [`JS_CALL_TIMEOUT`] fails with `TargetFunctionError`.
-/// `live`: the proxy's live connections now (see [`Calls`]).
 pub async fn resolve_target(
     mut t: SelectedTarget,
     bridge: Option<&Arc<dyn JsBridge>>,
     calls: &Calls,
-    live: u64,
     mut context: Value,
     pick: u64,
 ) -> Result<SelectedTarget, (Termination, String)> {
@@ -245,7 +246,7 @@ pub async fn resolve_target(
     let fail = |m: String| (Termination::TargetFunctionError, m);
     let bridge = bridge.ok_or_else(|| fail("no JavaScript bridge".into()))?;
     if let Some(f) = t.host_fn.take() {
-        let v = call(bridge, calls, live, f, context.clone()).await.map_err(fail)?;
+        let v = call(bridge, calls, f, context.clone()).await.map_err(fail)?;
         t.host = match v {
             Value::String(s) if !s.trim().is_empty() => s,
             Value::Array(a) if !a.is_empty() && a.iter().all(|x| x.as_str().is_some_and(|s| !s.trim().is_empty())) => {
@@ -262,7 +263,7 @@ pub async fn resolve_target(
         }
     }
     if let Some(f) = t.port_fn.take() {
-        let v = call(bridge, calls, live, f, context).await.map_err(fail)?;
+        let v = call(bridge, calls, f, context).await.map_err(fail)?;
         t.port = match v.as_f64() {
             Some(n) if n.fract() == 0.0 && (1.0..=65535.0).contains(&n) => n as u16,
             _ => return Err(fail(format!("target port function returned {v}, expected an integer 1-65535"))),
@@ -271,14 +272,14 @@ pub async fn resolve_target(
     Ok(t)
 }
 
-async fn call(bridge: &Arc<dyn JsBridge>, calls: &Calls, live: u64, f: u32, context: Value) -> Result<Value, String> {
+async fn call(bridge: &Arc<dyn JsBridge>, calls: &Calls, f: u32, context: Value) -> Result<Value, String> {
     let alone = calls.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
     let _in_flight = InFlight(calls);
     let backoff = calls.backoff(f);
-    let spare = alone && live <= calls.spare_up_to;
+    let spare = alone && calls.registry.active() <= calls.spare_up_to;
     let spin = spare && backoff.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err();
     let started = Instant::now();
-    let pending = SpinFirst { inner: bridge.call(f, context), budget: spin.then_some(SPIN_BUDGET), until: None };
+    let pending = SpinFirst { inner: bridge.call(f, context), until: spin.then(|| started + SPIN_BUDGET) };
     let r = match tokio::time::timeout(JS_CALL_TIMEOUT, pending).await {
         Err(_) => Err(format!("function did not settle within {} s", JS_CALL_TIMEOUT.as_secs())),
         Ok(Err(e)) => Err(format!("function failed: {e}")),
@@ -290,12 +291,11 @@ async fn call(bridge: &Arc<dyn JsBridge>, calls: &Calls, live: u64, f: u32, cont
     r
 }
 
-/// Polls `inner` in a loop, yielding the thread between polls, until it is ready or `budget`
+/// Polls `inner` in a loop, yielding the thread between polls, until it is ready or `until`
 /// has passed; then waits for it as any future does. The waker registered by each poll is the
-/// task's own, so a result that arrives after the budget wakes the task as usual.
+/// task's own, so a result that arrives after the deadline wakes the task as usual.
 struct SpinFirst<F> {
     inner: F,
-    budget: Option<Duration>,
     until: Option<Instant>,
 }
 
@@ -308,12 +308,8 @@ impl<F: Future + Unpin> Future for SpinFirst<F> {
             if let Poll::Ready(v) = Pin::new(&mut this.inner).poll(cx) {
                 return Poll::Ready(v);
             }
-            let now = Instant::now();
-            if let Some(b) = this.budget.take() {
-                this.until = Some(now + b);
-            }
             match this.until {
-                Some(t) if now < t => std::thread::yield_now(),
+                Some(t) if Instant::now() < t => std::thread::yield_now(),
                 _ => {
                     this.until = None;
                     return Poll::Pending;
@@ -326,7 +322,7 @@ impl<F: Future + Unpin> Future for SpinFirst<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::{IpLimits, Registry};
+    use crate::conn::IpLimits;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     fn handed(reg: &Arc<Registry>, h: &Handoffs) -> ConnGuard {
@@ -396,15 +392,16 @@ mod tests {
         // Within the budget: one poll of the task returns the result.
         let (flag, polls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
         let t = set_after(&flag, Duration::from_millis(5));
-        let mut f = SpinFirst { inner: Flag(flag, polls.clone()), budget: Some(Duration::from_secs(10)), until: None };
+        let mut f =
+            SpinFirst { inner: Flag(flag, polls.clone()), until: Some(Instant::now() + Duration::from_secs(10)) };
         assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Ready(()));
         assert!(polls.load(Ordering::Relaxed) > 1);
         t.join().unwrap();
         // Past the budget: back to the scheduler, and later polls do not spin again.
         let (flag, polls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-        let mut f =
-            SpinFirst { inner: Flag(flag.clone(), polls.clone()), budget: Some(Duration::from_millis(2)), until: None };
         let started = Instant::now();
+        let mut f =
+            SpinFirst { inner: Flag(flag.clone(), polls.clone()), until: Some(started + Duration::from_millis(2)) };
         assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Pending);
         assert!(started.elapsed() >= Duration::from_millis(2));
         let n = polls.load(Ordering::Relaxed);
@@ -412,9 +409,9 @@ mod tests {
         assert_eq!(polls.load(Ordering::Relaxed), n + 1);
         flag.store(true, Ordering::Release);
         assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Ready(()));
-        // No budget: a plain poll.
+        // No deadline: a plain poll.
         let polls = Arc::new(AtomicUsize::new(0));
-        let mut f = SpinFirst { inner: Flag(Arc::default(), polls.clone()), budget: None, until: None };
+        let mut f = SpinFirst { inner: Flag(Arc::default(), polls.clone()), until: None };
         assert_eq!(Pin::new(&mut f).poll(&mut cx), Poll::Pending);
         assert_eq!(polls.load(Ordering::Relaxed), 1);
     }
@@ -451,28 +448,32 @@ mod tests {
 
     #[tokio::test]
     async fn a_function_slower_than_the_budget_is_awaited_asleep_for_a_while() {
-        let calls = Calls::new(2);
+        let reg = Arc::new(Registry::default());
+        let calls = Calls::new(2, reg.clone());
         let target = || SelectedTarget { host: "h".into(), port: 0, host_fn: None, port_fn: Some(3) };
         let slow: Arc<dyn JsBridge> = Arc::new(Delayed(SPIN_BUDGET * 40));
         let fast: Arc<dyn JsBridge> = Arc::new(Delayed(Duration::ZERO));
         let backoff = |f| Calls::backoff(&calls, f).load(Ordering::Relaxed);
-        let t = resolve_target(target(), Some(&slow), &calls, 1, json!({}), 0).await.unwrap();
+        let t = resolve_target(target(), Some(&slow), &calls, json!({}), 0).await.unwrap();
         assert_eq!(t.port, 8080);
         assert_eq!(backoff(3), SPIN_BACKOFF, "the spin missed");
         assert_eq!(backoff(4), 0, "other functions keep spinning");
         // Busy proxy (more live connections than workers): no spin, the backoff stays.
-        resolve_target(target(), Some(&fast), &calls, 3, json!({}), 0).await.unwrap();
+        let busy: Vec<_> =
+            (1..=3).map(|p| reg.open("10.0.0.1".parse().unwrap(), p, 80, IpLimits::default()).unwrap()).collect();
+        resolve_target(target(), Some(&fast), &calls, json!({}), 0).await.unwrap();
         assert_eq!(backoff(3), SPIN_BACKOFF);
+        drop(busy);
         for left in (0..SPIN_BACKOFF).rev() {
-            resolve_target(target(), Some(&slow), &calls, 1, json!({}), 0).await.unwrap();
+            resolve_target(target(), Some(&slow), &calls, json!({}), 0).await.unwrap();
             assert_eq!(backoff(3), left, "asleep: no new backoff");
         }
-        resolve_target(target(), Some(&slow), &calls, 1, json!({}), 0).await.unwrap();
+        resolve_target(target(), Some(&slow), &calls, json!({}), 0).await.unwrap();
         assert_eq!(backoff(3), SPIN_BACKOFF, "spinning again, and missed again");
         assert_eq!(calls.in_flight.load(Ordering::Relaxed), 0);
         // A call given up (timeout, shutdown) no longer counts as in flight.
         let never: Arc<dyn JsBridge> = Arc::new(Never);
-        let pending = resolve_target(target(), Some(&never), &calls, 1, json!({}), 0);
+        let pending = resolve_target(target(), Some(&never), &calls, json!({}), 0);
         assert!(tokio::time::timeout(Duration::from_millis(1), pending).await.is_err());
         assert_eq!(calls.in_flight.load(Ordering::Relaxed), 0);
     }

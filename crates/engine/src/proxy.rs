@@ -113,7 +113,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             snapshot: self.snapshot.clone(),
             bridge,
-            js_calls: crate::js::Calls::new(rt.metrics().num_workers()),
+            js_calls: crate::js::Calls::new(rt.metrics().num_workers(), self.registry.clone()),
             handoffs: self.handoffs.clone(),
             backends: Arc::new(backends),
             options: Arc::new(options),

@@ -387,7 +387,6 @@ where
             target,
             cx.sh.bridge.as_ref(),
             &cx.sh.js_calls,
-            cx.sh.registry.active(),
             context,
             cx.rec.id,
         ))

@@ -300,16 +300,7 @@ async fn plan(
         &guard.rec,
         known_host,
     );
-    match crate::js::resolve_target(
-        target,
-        sh.bridge.as_ref(),
-        &sh.js_calls,
-        sh.registry.active(),
-        context,
-        guard.rec.id,
-    )
-    .await
-    {
+    match crate::js::resolve_target(target, sh.bridge.as_ref(), &sh.js_calls, context, guard.rec.id).await {
         Ok(t) => Ok(Plan::Relay(t)),
         Err((t, why)) => {
             sh.log_warn(format!("route {}: {why}", idx.map(|i| table.route(i).name.to_string()).unwrap_or_default()));

@@ -100,7 +100,7 @@ mod tests {
         let sh = Arc::new(Shared {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             bridge: None,
-            js_calls: crate::js::Calls::new(1),
+            js_calls: crate::js::Calls::new(1, Arc::default()),
             handoffs: Arc::default(),
             backends: Arc::new(crate::http::Backends::new(false, &[], &o).unwrap()),
             options: Arc::new(o),
