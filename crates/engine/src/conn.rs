@@ -344,11 +344,12 @@ impl ConnGuard {
     pub fn set_route(&mut self, route: &Arc<CompiledRoute>) -> Result<(), Termination> {
         if let Some(max) = route.route.security.max_connections {
             // fetch_update so that two racing connections cannot both take the last slot.
-            if route.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
+            let active = &route.state.active;
+            if active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_err() {
                 return Err(Termination::RouteConnectionLimit);
             }
         } else {
-            route.active.fetch_add(1, Ordering::AcqRel);
+            route.state.active.fetch_add(1, Ordering::AcqRel);
         }
         let _ = self.rec.route_name.set(route.name.clone());
         let _ = self.rec.route.set(route.clone());
@@ -368,7 +369,7 @@ impl Drop for ConnGuard {
         r.bytes_in_closed.fetch_add(self.rec.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);
         r.bytes_out_closed.fetch_add(self.rec.bytes_out.load(Ordering::Relaxed), Ordering::Relaxed);
         if let Some(route) = self.rec.route.get() {
-            route.active.fetch_sub(1, Ordering::AcqRel);
+            route.state.active.fetch_sub(1, Ordering::AcqRel);
         }
         if let Some(mut st) = r.per_ip.get_mut(&self.rec.client_ip) {
             st.active = st.active.saturating_sub(1);

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod context;
 pub mod detect;
 pub mod error;
 pub mod events;
@@ -17,6 +18,7 @@ pub mod listener;
 pub mod matching;
 pub mod proxy;
 pub mod snapshot;
+pub mod state;
 pub mod tcp;
 #[cfg(test)]
 mod testutil;

@@ -7,15 +7,22 @@
 //! Routes live in an `ArcSwap` snapshot; the connection path never takes these locks.
 //!
 //! Ports: a port is listened on while (routes using it) + (manual `add_port` calls − `remove_port`
-//! calls) > 0. `update_routes` binds new ports before swapping the table (so a failed bind
-//! changes nothing) and closes unused ones after; open connections are never touched by it.
+//! calls) > 0. What an update does to ports is computed by [`port_diff`] (pure). `update_routes`
+//! binds new ports before swapping the table (so a failed bind changes nothing) and closes
+//! unused ones after, waiting until each closed port's socket is gone, so the port is free again
+//! when the call returns; open connections are never touched by it.
+//!
+//! A snapshot is committed in one place ([`Proxy::commit`]): the certificates of its routes go
+//! into the certificate store, then the snapshot is swapped in.
 
 use crate::config::{ProxyOptions, Route};
 use crate::conn::{Registry, Stats};
+use crate::context::EngineContext;
 use crate::error::{EngineError, Result};
 use crate::events::{Event, EventSink, LogLevel};
-use crate::listener::{self, Shared};
+use crate::listener;
 use crate::snapshot::Snapshot;
+use crate::state::RouteStates;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -29,21 +36,65 @@ const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// Period of the per-IP state pruning (upstream prunes its IP map every 60 s).
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-struct PortEntry {
-    routes: usize,
-    manual: i64,
-    stop: CancellationToken,
+/// A listening port's reference counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortRefs {
+    /// Routes using the port.
+    pub routes: usize,
+    /// `add_port` calls minus `remove_port` calls (below zero: a route's port closed by hand
+    /// until the next route update).
+    pub manual: i64,
 }
 
-impl PortEntry {
+impl PortRefs {
     fn wanted(&self) -> bool {
         self.routes as i64 + self.manual > 0
     }
 }
 
+/// What a route update does to the listening ports.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PortDiff {
+    /// Ports to bind (sorted).
+    pub bind: Vec<u16>,
+    /// Ports to close (sorted).
+    pub close: Vec<u16>,
+    /// The reference counts after the update, for every port that stays or is bound.
+    pub refs: BTreeMap<u16, PortRefs>,
+}
+
+/// The port changes of a route update: `current` are the bound ports, `route_counts` how many
+/// of the new routes use each port. A route update re-opens the routes' ports that
+/// `remove_port` had closed (a negative manual count goes back to zero).
+pub fn port_diff(current: &BTreeMap<u16, PortRefs>, route_counts: &HashMap<u16, usize>) -> PortDiff {
+    let mut d = PortDiff::default();
+    for (&port, r) in current {
+        let refs = PortRefs { routes: route_counts.get(&port).copied().unwrap_or(0), manual: r.manual.max(0) };
+        if refs.wanted() {
+            d.refs.insert(port, refs);
+        } else {
+            d.close.push(port);
+        }
+    }
+    for (&port, &routes) in route_counts {
+        if routes > 0 && !current.contains_key(&port) {
+            d.bind.push(port);
+            d.refs.insert(port, PortRefs { routes, manual: 0 });
+        }
+    }
+    d.bind.sort_unstable();
+    d
+}
+
+struct PortEntry {
+    refs: PortRefs,
+    stop: CancellationToken,
+    accept: tokio::task::JoinHandle<()>,
+}
+
 struct Running {
     rt: Option<Runtime>,
-    shared: Arc<Shared>,
+    shared: Arc<EngineContext>,
     ports: BTreeMap<u16, PortEntry>,
 }
 
@@ -108,9 +159,9 @@ impl Proxy {
             b.worker_threads(n);
         }
         let rt = b.thread_name("smartproxy-rt").enable_all().build().map_err(EngineError::Runtime)?;
-        let snap = Arc::new(Snapshot::build(routes, &options)?);
         let backends = crate::http::Backends::new(false, &[], &options).map_err(EngineError::Internal)?;
-        let shared = Arc::new(Shared {
+        let tls = crate::tls::TlsContext::new(options.tls_session_resumption).map_err(EngineError::Internal)?;
+        let shared = Arc::new(EngineContext {
             snapshot: self.snapshot.clone(),
             bridge,
             js_calls: crate::js::Calls::new(rt.metrics().num_workers(), self.registry.clone()),
@@ -118,13 +169,19 @@ impl Proxy {
             backends: Arc::new(backends),
             options: Arc::new(options),
             registry: self.registry.clone(),
+            route_states: Default::default(),
+            tls,
             events: self.events.clone(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
         let mut run = Running { rt: Some(rt), shared, ports: BTreeMap::new() };
-        let wanted = snap.table.port_counts();
-        if let Err(e) = self.apply_ports(&mut run, &snap, wanted) {
+        let built = Snapshot::build(routes, &run.shared.options, &run.shared.route_states, &run.shared.tls);
+        let applied = match built {
+            Ok(snap) => self.apply(&mut run, Arc::new(snap)).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = applied {
             Self::shutdown_runtime(run).await;
             return Err(e);
         }
@@ -145,16 +202,16 @@ impl Proxy {
         Ok(())
     }
 
-    /// Binds ports newly wanted, swaps in `table`, then closes ports no longer wanted.
-    /// `route_counts` gives, per port, how many routes use it. On a bind failure nothing changes.
-    fn apply_ports(&self, run: &mut Running, snap: &Arc<Snapshot>, route_counts: HashMap<u16, usize>) -> Result<()> {
+    /// Binds the ports `snap` newly needs, commits it, then closes the ports no longer wanted
+    /// (waiting until their sockets are closed). On a bind failure nothing changes.
+    async fn apply(&self, run: &mut Running, snap: Arc<Snapshot>) -> Result<()> {
+        let current: BTreeMap<u16, PortRefs> = run.ports.iter().map(|(p, e)| (*p, e.refs)).collect();
+        let diff = port_diff(&current, &snap.table.port_counts());
         let rt = run.rt.as_ref().ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
         let mut fresh = Vec::new();
         {
             let _ctx = rt.enter();
-            let mut to_bind: Vec<u16> = route_counts.keys().copied().filter(|p| !run.ports.contains_key(p)).collect();
-            to_bind.sort_unstable();
-            for port in to_bind {
+            for &port in &diff.bind {
                 match listener::bind(port, run.shared.socket_options()) {
                     Ok(l) => fresh.push((port, l)),
                     // Dropping `fresh` closes what this call bound so far.
@@ -162,30 +219,43 @@ impl Proxy {
                 }
             }
         }
-        self.snapshot.store(snap.clone());
+        self.commit(&run.shared, snap);
         for (port, l) in fresh {
             let stop = CancellationToken::new();
-            rt.spawn(listener::accept_loop(l, port, run.shared.clone(), stop.clone()));
-            run.ports.insert(port, PortEntry { routes: 0, manual: 0, stop });
+            let accept = rt.spawn(listener::accept_loop(l, port, run.shared.clone(), stop.clone()));
+            run.ports.insert(port, PortEntry { refs: PortRefs::default(), stop, accept });
         }
-        for (port, e) in run.ports.iter_mut() {
-            e.routes = route_counts.get(port).copied().unwrap_or(0);
-            // A route update re-establishes the routes' ports that remove_port had closed.
-            e.manual = e.manual.max(0);
+        for (port, refs) in diff.refs {
+            if let Some(e) = run.ports.get_mut(&port) {
+                e.refs = refs;
+            }
         }
-        self.close_unwanted(run);
+        Self::close_ports(run, &diff.close).await;
+        self.publish_ports(run);
         Ok(())
     }
 
-    fn close_unwanted(&self, run: &mut Running) {
-        run.ports.retain(|_, e| {
-            if e.wanted() {
-                true
-            } else {
+    /// Makes `snap` the current configuration: its certificates, then its route table.
+    fn commit(&self, cx: &EngineContext, snap: Arc<Snapshot>) {
+        cx.tls.store.set_configured(snap.certs.clone());
+        self.snapshot.store(snap);
+    }
+
+    /// Stops the accept loops of `ports` and waits until each has dropped its socket.
+    async fn close_ports(run: &mut Running, ports: &[u16]) {
+        let mut closing = Vec::new();
+        for port in ports {
+            if let Some(e) = run.ports.remove(port) {
                 e.stop.cancel();
-                false
+                closing.push(e.accept);
             }
-        });
+        }
+        for task in closing {
+            let _ = task.await;
+        }
+    }
+
+    fn publish_ports(&self, run: &Running) {
         *self.port_view.lock().unwrap_or_else(|p| p.into_inner()) = run.ports.keys().copied().collect();
     }
 
@@ -194,11 +264,14 @@ impl Proxy {
         let mut lc = self.lifecycle.lock().await;
         match lc.as_mut() {
             // Not running: validate only (certificates included); start() builds the real snapshot.
-            None => Snapshot::build(routes, &ProxyOptions::default()).map(|_| ()).map_err(EngineError::from),
+            None => {
+                let o = ProxyOptions::default();
+                let tls = crate::tls::TlsContext::new(false).map_err(EngineError::Internal)?;
+                Snapshot::build(routes, &o, &RouteStates::default(), &tls).map(|_| ()).map_err(EngineError::from)
+            }
             Some(run) => {
-                let snap = Arc::new(Snapshot::build(routes, &run.shared.options)?);
-                let counts = snap.table.port_counts();
-                self.apply_ports(run, &snap, counts)
+                let snap = Snapshot::build(routes, &run.shared.options, &run.shared.route_states, &run.shared.tls)?;
+                self.apply(run, Arc::new(snap)).await
             }
         }
     }
@@ -208,7 +281,7 @@ impl Proxy {
         let mut lc = self.lifecycle.lock().await;
         let run = lc.as_mut().ok_or(EngineError::NotRunning)?;
         if let Some(e) = run.ports.get_mut(&port) {
-            e.manual += 1;
+            e.refs.manual += 1;
             return Ok(());
         }
         let rt = run.rt.as_ref().ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
@@ -217,9 +290,9 @@ impl Proxy {
             listener::bind(port, run.shared.socket_options()).map_err(|source| EngineError::Bind { port, source })?
         };
         let stop = CancellationToken::new();
-        rt.spawn(listener::accept_loop(l, port, run.shared.clone(), stop.clone()));
-        run.ports.insert(port, PortEntry { routes: 0, manual: 1, stop });
-        self.close_unwanted(run);
+        let accept = rt.spawn(listener::accept_loop(l, port, run.shared.clone(), stop.clone()));
+        run.ports.insert(port, PortEntry { refs: PortRefs { routes: 0, manual: 1 }, stop, accept });
+        self.publish_ports(run);
         Ok(())
     }
 
@@ -227,11 +300,16 @@ impl Proxy {
     pub async fn remove_port(&self, port: u16) -> Result<()> {
         let mut lc = self.lifecycle.lock().await;
         let run = lc.as_mut().ok_or(EngineError::NotRunning)?;
+        let mut close = Vec::new();
         if let Some(e) = run.ports.get_mut(&port) {
             // May go below zero: removing a route's port closes it until the next route update.
-            e.manual -= 1;
+            e.refs.manual -= 1;
+            if !e.refs.wanted() {
+                close.push(port);
+            }
         }
-        self.close_unwanted(run);
+        Self::close_ports(run, &close).await;
+        self.publish_ports(run);
         Ok(())
     }
 
@@ -267,10 +345,8 @@ impl Proxy {
         let Some(mut run) = lc.take() else {
             return Ok(());
         };
-        for e in run.ports.values() {
-            e.stop.cancel();
-        }
-        run.ports.clear();
+        let all: Vec<u16> = run.ports.keys().copied().collect();
+        Self::close_ports(&mut run, &all).await;
         *self.port_view.lock().unwrap_or_else(|p| p.into_inner()) = Vec::new();
         run.shared.shutdown.cancel();
         run.shared.tracker.close();
@@ -298,5 +374,64 @@ impl Proxy {
         if spawned.is_ok() {
             let _ = rx.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(routes: usize, manual: i64) -> PortRefs {
+        PortRefs { routes, manual }
+    }
+
+    #[test]
+    fn port_diff_binds_new_closes_unused_and_keeps_manual_ports() {
+        let current: BTreeMap<u16, PortRefs> =
+            [(80, refs(1, 0)), (81, refs(2, 0)), (82, refs(0, 1)), (83, refs(1, -1)), (84, refs(1, 2))].into();
+        let wanted: HashMap<u16, usize> = [(81, 1), (83, 1), (90, 2), (91, 0)].into();
+        let d = port_diff(&current, &wanted);
+        assert_eq!(d.bind, vec![90], "new route ports are bound; a zero count is not a use");
+        assert_eq!(d.close, vec![80], "ports without routes or manual references close");
+        assert_eq!(d.refs.get(&81), Some(&refs(1, 0)));
+        assert_eq!(d.refs.get(&82), Some(&refs(0, 1)), "manual ports stay without routes");
+        assert_eq!(d.refs.get(&83), Some(&refs(1, 0)), "a route update re-opens a port closed by hand");
+        assert_eq!(d.refs.get(&84), Some(&refs(0, 2)));
+        assert_eq!(d.refs.get(&90), Some(&refs(2, 0)));
+        assert!(!d.refs.contains_key(&80) && !d.refs.contains_key(&91));
+        // Nothing changes when the wanted ports are the bound ones.
+        let same: HashMap<u16, usize> = [(80, 1), (81, 2), (83, 1), (84, 1)].into();
+        let d = port_diff(&current, &same);
+        assert!(d.bind.is_empty() && d.close.is_empty());
+    }
+
+    /// Removing a port and adding it back at once works: the first update has closed the
+    /// socket by the time it returns (it used to fail now and then with "address in use").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_port_is_free_when_the_update_returns() {
+        let route = |port: u16| {
+            crate::config::parse_routes(&serde_json::json!([{"match": {"ports": port},
+                "action": {"type": "forward", "target": {"host": "127.0.0.1", "port": 9}}}]))
+            .unwrap()
+        };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap().port();
+        let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = l2.local_addr().unwrap().port();
+        drop((l, l2));
+        let p = Proxy::new(Arc::new(crate::events::NullSink));
+        p.start(ProxyOptions::default(), route(a), None).await.unwrap();
+        let both = |x, y| {
+            let mut r = route(x);
+            r.extend(route(y));
+            r
+        };
+        for i in 0..100 {
+            p.update_routes(both(a, b)).await.unwrap_or_else(|e| panic!("update {i} (add): {e}"));
+            p.update_routes(route(a)).await.unwrap_or_else(|e| panic!("update {i} (remove): {e}"));
+            // Free for anyone else too.
+            drop(std::net::TcpListener::bind(("0.0.0.0", b)).unwrap_or_else(|e| panic!("update {i}: {e}")));
+        }
+        p.stop().await.unwrap();
     }
 }

@@ -1,61 +1,59 @@
 //! The immutable routing snapshot swapped by `updateRoutes`: the compiled route table, the TLS
-//! server configuration of each port with terminating routes (certificates chosen by SNI), and
-//! backend clients for routes that verify their backends. New connections (and new requests on
+//! server configuration of each port with terminating routes (certificates chosen by SNI).
+//! Runtime state (counts, windows, cursors, a route's own backend pools) is not here: routes
+//! hold handles to it, and it lives in the route-state registry ([`crate::state`]). New connections (and new requests on
 //! open HTTP connections) load the current snapshot; nothing on the data path locks.
 
-use crate::config::{ProxyOptions, Route};
+use crate::config::{ProxyOptions, Route, RouteAction};
 use crate::error::ConfigError;
 use crate::http::Backends;
 use crate::matching::RouteTable;
-use crate::tls::{server_config, ServerTlsOptions};
+use crate::state::{RouteState, RouteStates};
+use crate::tls::{StaticCerts, TlsContext};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct Snapshot {
     pub table: RouteTable,
-    /// Server TLS configuration per port that has terminating routes.
+    /// Server TLS configuration per port that has terminating routes (the engine's lifetime
+    /// configurations: see [`crate::tls::TlsContext`]).
     pub tls: HashMap<u16, Arc<rustls::ServerConfig>>,
-    /// Per route (table order): its own backend clients when it verifies backend certificates.
-    pub backends: Vec<Option<Arc<Backends>>>,
-    /// Per route (table order): the rate limiter of routes with `security.rateLimit`.
-    pub limiters: Vec<Option<Arc<crate::http::RateLimiter>>>,
+    /// The certificates configured on these routes, installed in the certificate store when
+    /// this snapshot is.
+    pub certs: Arc<StaticCerts>,
 }
 
 impl Snapshot {
     pub fn empty() -> Self {
-        Snapshot { table: RouteTable::default(), tls: HashMap::new(), backends: Vec::new(), limiters: Vec::new() }
+        Snapshot { table: RouteTable::default(), tls: HashMap::new(), certs: Arc::default() }
     }
 
-    pub fn build(routes: Vec<Route>, o: &ProxyOptions) -> Result<Self, ConfigError> {
-        let table = RouteTable::new(routes);
-        let mut tls = HashMap::new();
-        let opts = ServerTlsOptions { resumption: o.tls_session_resumption };
-        for port in table.ports() {
-            if let Some(cfg) = server_config(&table.routes_on_port(port), opts)
-                .map_err(|e| ConfigError::Invalid(format!("TLS configuration of port {port}: {e}")))?
-            {
-                tls.insert(port, cfg);
+    /// Compiles `routes`, taking each route's runtime state from `states` (see [`crate::state`]).
+    pub fn build(
+        routes: Vec<Route>,
+        o: &ProxyOptions,
+        states: &RouteStates,
+        tls_cx: &TlsContext,
+    ) -> Result<Self, ConfigError> {
+        let table = RouteTable::with_states(routes, states, |r| {
+            let RouteAction::Forward(f) = &r.action;
+            let mut st = RouteState::fresh(r, f.targets.len());
+            let h = &f.http;
+            if h.verify_backend || !h.backend_ca.is_empty() {
+                let b = Backends::new(h.verify_backend, &h.backend_ca, o)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: backend TLS: {e}", r.label())))?;
+                st.backends = Some(Arc::new(b));
             }
+            Ok(st)
+        })?;
+        let certs = Arc::new(StaticCerts::from_table(&table));
+        let mut tls = HashMap::new();
+        for port in certs.ports() {
+            let cfg = tls_cx
+                .server_config(port)
+                .map_err(|e| ConfigError::Invalid(format!("TLS configuration of port {port}: {e}")))?;
+            tls.insert(port, cfg);
         }
-        let backends = table
-            .routes()
-            .iter()
-            .map(|r| {
-                let h = &r.forward().http;
-                if h.verify_backend || !h.backend_ca.is_empty() {
-                    Backends::new(h.verify_backend, &h.backend_ca, o)
-                        .map(|b| Some(Arc::new(b)))
-                        .map_err(|e| ConfigError::Invalid(format!("{}: backend TLS: {e}", r.route.label())))
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let limiters = table
-            .routes()
-            .iter()
-            .map(|r| r.route.security.rate_limit.as_ref().map(|_| Arc::new(crate::http::RateLimiter::default())))
-            .collect();
-        Ok(Snapshot { table, tls, backends, limiters })
+        Ok(Snapshot { table, tls, certs })
     }
 }

@@ -27,6 +27,11 @@ type CResult<T> = Result<T, ConfigError>;
 
 /// Largest timer value upstream allows (2^31-1 ms, Node's `setTimeout` limit); larger values are clamped.
 pub const MAX_TIMER_MS: u64 = 2_147_483_647;
+/// Largest `keepAliveInactivityMultiplier`: a product with the largest timer still fits a
+/// `Duration` many times over, and no real deployment idles longer than 1000 × its timeout.
+pub const MAX_MULTIPLIER: f64 = 1000.0;
+/// Largest `security.rateLimit.window`, in seconds: the largest timer (about 24.8 days).
+pub const MAX_WINDOW_SECS: f64 = (MAX_TIMER_MS / 1000) as f64;
 
 /// How connections with keep-alive are timed out (spec §7.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -383,6 +388,9 @@ pub struct Route {
     pub tls_versions: Vec<TlsVersion>,
     pub action: RouteAction,
     pub security: RouteSecurity,
+    /// Hash of the route's whole definition as given (JSON with sorted keys, functions by their
+    /// stable ids): the route's identity across `updateRoutes` (see [`crate::state`]).
+    pub fingerprint: u64,
 }
 
 impl Route {
@@ -456,7 +464,7 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
         set!("keepAliveInitialDelay", keep_alive_initial_delay, ms);
         set!("enableKeepAliveProbes", enable_keep_alive_probes, |a| a.bool());
         set!("maxPendingDataSize", max_pending_data_size, |a| a.uint());
-        set!("keepAliveInactivityMultiplier", keep_alive_inactivity_multiplier, |a| a.non_negative());
+        set!("keepAliveInactivityMultiplier", keep_alive_inactivity_multiplier, |a| a.at_most(MAX_MULTIPLIER, ""));
         set!("extendedKeepAliveLifetime", extended_keep_alive_lifetime, ms);
         set!("allowSessionTicket", allow_session_ticket, |a| a.bool());
         set!("enableHalfOpen", enable_half_open, |a| a.bool());
@@ -601,7 +609,17 @@ fn parse_route_inner(at: At, index: usize, name: Option<String>) -> CResult<Rout
         tls_versions,
         action,
         security,
+        fingerprint: fingerprint(at.v),
     })
+}
+
+/// A stable hash of a route's JSON (serde_json keeps object keys sorted, so key order in the
+/// user's object does not matter).
+fn fingerprint(v: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
 }
 
 fn parse_ports(at: At) -> CResult<Vec<PortRange>> {
@@ -750,8 +768,8 @@ fn parse_security(at: At) -> CResult<RouteSecurity> {
     if let Some(r) = at.get("rateLimit").filter(|v| enabled(v)) {
         let r = At::new(r, "security.rateLimit");
         let max = opt(r, "maxRequests", |x| x.uint())?.map_or_else(|| r.err("maxRequests is required"), Ok)?;
-        let window =
-            opt(r, "window", |x| x.non_negative())?.map_or_else(|| r.err("window (seconds) is required"), Ok)?;
+        let window = opt(r, "window", |x| x.at_most(MAX_WINDOW_SECS, " seconds"))?
+            .map_or_else(|| r.err("window (seconds) is required"), Ok)?;
         let key = match opt(r, "keyBy", |x| x.str())?.unwrap_or("ip") {
             "ip" => RateLimitKey::Ip,
             "path" => RateLimitKey::Path,

@@ -87,6 +87,16 @@ impl<'v, 'p> At<'v, 'p> {
         Ok(n)
     }
 
+    /// A number in `0..=max`; `what` (" seconds", or "") names the unit in the message (a larger value is refused,
+    /// never clamped, since it would overflow the durations and products built from it).
+    pub fn at_most(&self, max: f64, what: &str) -> ReadResult<f64> {
+        let n = self.non_negative()?;
+        if n > max {
+            return self.err(format!("must be at most {max}{what}, got {n}"));
+        }
+        Ok(n)
+    }
+
     pub fn uint(&self) -> ReadResult<u64> {
         let n = self.non_negative()?;
         if n.fract() != 0.0 {

@@ -268,3 +268,26 @@ fn random_route_mutations_never_panic() {
         }
     });
 }
+
+/// Durations and multipliers that would overflow what is built from them are refused with the
+/// field's path, never a panic (`window: 1e300` panicked in `Duration::from_secs_f64`).
+#[test]
+fn huge_durations_and_multipliers_are_refused() {
+    let e = err(json!([{ "name": "rl", "match": {"ports": 1}, "action": fwd(),
+        "security": {"rateLimit": {"enabled": true, "maxRequests": 1, "window": 1e300}}}]));
+    assert!(e.to_string().starts_with("route \"rl\" (index 0): security.rateLimit.window: must be at most"), "{e}");
+    let ok = parse_routes(&json!([{ "match": {"ports": 1}, "action": fwd(),
+        "security": {"rateLimit": {"enabled": true, "maxRequests": 1, "window": MAX_WINDOW_SECS}}}]));
+    assert!(ok.is_ok());
+    let e = parse_options(&json!({"keepAliveInactivityMultiplier": 1e300})).unwrap_err();
+    assert!(e.to_string().contains("keepAliveInactivityMultiplier: must be at most 1000"), "{e}");
+    // The largest accepted values multiply without overflow.
+    let (o, _) = parse_options(&json!({
+        "keepAliveInactivityMultiplier": MAX_MULTIPLIER,
+        "inactivityTimeout": 1e300,
+        "enableRandomizedTimeouts": true
+    }))
+    .unwrap();
+    let (idle, _) = crate::listener::effective_timeouts(&o, true, 7);
+    assert!(idle.is_some());
+}

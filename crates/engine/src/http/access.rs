@@ -5,6 +5,7 @@
 use crate::config::{BasicAuth, JwtAlgorithm, JwtAuth, RateLimit, RateLimitKey};
 use dashmap::DashMap;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Decodes standard or URL-safe base64, with or without padding.
@@ -114,10 +115,13 @@ pub fn jwt_ok(a: &JwtAuth, path: &str, authorization: Option<&str>, now_secs: u6
     true
 }
 
-/// Sliding-window request counts per key, for one route of one snapshot.
+/// Sliding-window request counts per key, for one route (kept across route updates by the
+/// route-state registry, see [`crate::state`]).
 #[derive(Default)]
 pub struct RateLimiter {
     hits: DashMap<String, VecDeque<Instant>>,
+    /// Key count at which the next sweep runs (0: `RATE_SWEEP_AT`).
+    sweep_at: AtomicUsize,
 }
 
 /// Keys kept before a sweep drops those with no recent request.
@@ -125,9 +129,16 @@ const RATE_SWEEP_AT: usize = 10_000;
 
 impl RateLimiter {
     /// Counts a request under `key`; false when the window is full.
+    ///
+    /// Keys are the client's choice (`keyBy: 'path'` or a header), so stale ones are swept, and
+    /// the sweep is amortised: after one leaves `m` keys, the next runs at `max(10,000, 2m)`
+    /// keys, so each sweep's cost is paid by at least as many new keys (it used to sweep on
+    /// every request once 10,000 keys were held).
     pub fn allow(&self, rule: &RateLimit, key: String, now: Instant) -> bool {
-        if self.hits.len() > RATE_SWEEP_AT {
+        let at = self.sweep_at.load(Ordering::Relaxed).max(RATE_SWEEP_AT);
+        if self.hits.len() > at {
             self.hits.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < rule.window));
+            self.sweep_at.store(self.hits.len().saturating_mul(2), Ordering::Relaxed);
         }
         let mut q = self.hits.entry(key).or_default();
         while q.front().is_some_and(|t| now.duration_since(*t) >= rule.window) {
@@ -138,6 +149,11 @@ impl RateLimiter {
         }
         q.push_back(now);
         true
+    }
+
+    /// Keys held (tests).
+    pub fn keys(&self) -> usize {
+        self.hits.len()
     }
 }
 
@@ -227,5 +243,31 @@ mod tests {
         assert!(!r.allow(&rule, "a".into(), t));
         assert!(r.allow(&rule, "b".into(), t));
         assert!(r.allow(&rule, "a".into(), t + Duration::from_secs(61)));
+    }
+
+    /// A flood of distinct keys triggers a bounded number of sweeps (not one per request), and
+    /// a sweep keeps the keys still inside their window.
+    #[test]
+    fn sweeps_are_amortised() {
+        let rule = RateLimit {
+            max_requests: 5,
+            window: Duration::from_secs(10),
+            key: RateLimitKey::Path,
+            message: "x".into(),
+        };
+        let r = RateLimiter::default();
+        let t = Instant::now();
+        for i in 0..30_000 {
+            assert!(r.allow(&rule, format!("/p{i}"), t));
+        }
+        // All keys are recent: sweeps keep them, and the next sweep waits for twice as many.
+        assert_eq!(r.keys(), 30_000);
+        assert!(r.sweep_at.load(Ordering::Relaxed) >= 20_000);
+        // Later, the old keys are stale: the next sweep drops them.
+        let later = t + Duration::from_secs(11);
+        for i in 0..40_001 {
+            r.allow(&rule, format!("/q{i}"), later);
+        }
+        assert!(r.keys() < 45_000, "{}", r.keys());
     }
 }

@@ -963,16 +963,9 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
         push_header(&mut out, n.as_bytes(), h.value);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    if xff_count > 0 {
-        for h in req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
-            let v = h.value.trim_ascii();
-            if !v.is_empty() {
-                out.extend_from_slice(v);
-                out.extend_from_slice(b", ");
-            }
-        }
-    }
-    out.extend_from_slice(cx.client_ip_text.as_bytes());
+    let prior = req.headers.iter().filter(|h| xff_count > 0 && h.name.eq_ignore_ascii_case("x-forwarded-for"));
+    let prior = prior.map(|h| h.value);
+    headers::forwarded_for(&mut out, prior, cx.client_ip_text.as_bytes());
     out.extend_from_slice(if cx.tls {
         b"\r\nx-forwarded-proto: https\r\n"
     } else {

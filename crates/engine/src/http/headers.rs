@@ -134,15 +134,30 @@ pub fn apply_templates(h: &mut HeaderMap, templates: &[HeaderTemplate], v: &Temp
     }
 }
 
-/// Appends the client (`client_ip`, the address as a header value) to `X-Forwarded-For` and
-/// sets `X-Forwarded-Proto` / `-Host`.
+/// The one `X-Forwarded-For` rule of both HTTP paths: the values of every `X-Forwarded-For`
+/// field the client sent (in order, trimmed, empty ones left out), then the client's address,
+/// joined by ", ", written into `out`.
+pub fn forwarded_for<'a>(out: &mut Vec<u8>, prior: impl Iterator<Item = &'a [u8]>, client_ip: &[u8]) {
+    for v in prior {
+        let v = v.trim_ascii();
+        if !v.is_empty() {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(client_ip);
+}
+
+/// Appends the client (`client_ip`, the address as a header value) to `X-Forwarded-For` (see
+/// [`forwarded_for`]) and sets `X-Forwarded-Proto` / `-Host`.
 pub fn add_forwarded(h: &mut HeaderMap, client_ip: &HeaderValue, https: bool, host: Option<&str>) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let value = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", client_ip.to_str().unwrap_or_default())).ok()
-        }
-        _ => Some(client_ip.clone()),
+    let value = if h.contains_key(&xff) {
+        let mut v = Vec::new();
+        forwarded_for(&mut v, h.get_all(&xff).iter().map(HeaderValue::as_bytes), client_ip.as_bytes());
+        HeaderValue::from_bytes(&v).ok()
+    } else {
+        Some(client_ip.clone())
     };
     if let Some(v) = value {
         h.insert(xff, v);

@@ -18,8 +18,8 @@ pub use access::RateLimiter;
 
 use crate::config::{HttpOptions, ProxyOptions, TlsMode, UrlRewrite};
 use crate::conn::{ConnRecord, Termination};
+use crate::context::EngineContext;
 use crate::detect::TlsVersion;
-use crate::listener::Shared;
 use crate::matching::{is_authorized, CompiledRoute, HttpView, MatchInput, SelectedTarget};
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
@@ -104,7 +104,7 @@ impl Backends {
 
 /// Per-connection facts every request of the connection shares.
 pub struct HttpConn {
-    pub sh: Arc<Shared>,
+    pub sh: Arc<EngineContext>,
     pub port: u16,
     pub client_ip: IpAddr,
     pub client_ip_text: String,
@@ -117,6 +117,19 @@ pub struct HttpConn {
     pub sni: Option<String>,
     pub tls_version: Option<TlsVersion>,
     pub rec: Arc<ConnRecord>,
+    /// The relay of an upgraded (WebSocket) request, run by the connection's own task once the
+    /// HTTP server hands the connection over: so it stays on the books (counted, limited per IP
+    /// and route, bytes counted, idle and lifetime timers) until it closes. Cold: set once.
+    pub upgraded: std::sync::Mutex<Option<UpgradedRelay>>,
+}
+
+/// The relay of an upgraded connection, awaiting both upgraded streams.
+pub type UpgradedRelay = Pin<Box<dyn std::future::Future<Output = Termination> + Send>>;
+
+impl HttpConn {
+    fn take_upgraded(&self) -> Option<UpgradedRelay> {
+        self.upgraded.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Serves HTTP on `io` until the client leaves, the idle limit passes, or the proxy stops.
@@ -167,7 +180,12 @@ where
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     b.http2().timer(TokioTimer::new());
-    match b.serve_connection_with_upgrades(TokioIo::new(io), svc).await {
+    let served = b.serve_connection_with_upgrades(TokioIo::new(io), svc).await;
+    if let Some(relay) = cx.take_upgraded() {
+        // The server gave the connection up for an upgrade: it lives on as the relay.
+        return relay.await;
+    }
+    match served {
         Ok(()) => Termination::ClientClosed,
         Err(_) => Termination::ClientError,
     }
@@ -245,8 +263,8 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 struct Chosen {
     route: Option<Arc<CompiledRoute>>,
     target: SelectedTarget,
+    /// The route's own backend clients (routes that verify backend certificates).
     backends: Option<Arc<Backends>>,
-    limiter: Option<Arc<RateLimiter>>,
 }
 
 async fn handle(mut req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
@@ -255,7 +273,7 @@ async fn handle(mut req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Respons
 }
 
 /// The route, client check and target of one request; `Err` is the status that refuses it.
-/// Shared by the hyper path and the HTTP/1.1 fast path.
+/// Context by the hyper path and the HTTP/1.1 fast path.
 fn choose(snap: &Snapshot, cx: &HttpConn, input: &MatchInput) -> Result<Chosen, StatusCode> {
     match snap.table.find_http(input, cx.tls) {
         Some(i) => {
@@ -265,12 +283,7 @@ fn choose(snap: &Snapshot, cx: &HttpConn, input: &MatchInput) -> Result<Chosen, 
                 return Err(StatusCode::FORBIDDEN);
             }
             let target = snap.table.select_target(i, input).ok_or(StatusCode::NOT_FOUND)?;
-            Ok(Chosen {
-                target,
-                backends: snap.backends.get(i).cloned().flatten(),
-                limiter: snap.limiters.get(i).cloned().flatten(),
-                route: Some(route),
-            })
+            Ok(Chosen { target, backends: route.state.backends.clone(), route: Some(route) })
         }
         None => match &cx.sh.options.default_target {
             Some(d) => {
@@ -278,12 +291,7 @@ fn choose(snap: &Snapshot, cx: &HttpConn, input: &MatchInput) -> Result<Chosen, 
                 if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
                     return Err(StatusCode::FORBIDDEN);
                 }
-                Ok(Chosen {
-                    route: None,
-                    target: SelectedTarget::fixed(d.host.clone(), d.port),
-                    backends: None,
-                    limiter: None,
-                })
+                Ok(Chosen { route: None, target: SelectedTarget::fixed(d.host.clone(), d.port), backends: None })
             }
             None => Err(StatusCode::NOT_FOUND),
         },
@@ -351,7 +359,7 @@ where
         };
         let chosen = choose(&snap, cx, &input)?;
         if let Some(route) = chosen.route.as_deref() {
-            if let Some(denied) = check_access(route, chosen.limiter.as_deref(), cx, path, req.headers()) {
+            if let Some(denied) = check_access(route, cx, path, req.headers()) {
                 return Ok(denied);
             }
         }
@@ -546,14 +554,13 @@ where
 /// Applies the route's rate limit and authentication; `Some(response)` refuses the request.
 fn check_access(
     route: &CompiledRoute,
-    limiter: Option<&RateLimiter>,
     cx: &HttpConn,
     path: &str,
     headers: &http::HeaderMap,
 ) -> Option<Response<ProxyBody>> {
     let sec = &route.route.security;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let (Some(rule), Some(limiter)) = (&sec.rate_limit, limiter) {
+    if let (Some(rule), Some(limiter)) = (&sec.rate_limit, &route.state.limiter) {
         let key = access::rate_key(rule, &cx.client_ip_text, path, |n| header(n).map(str::to_owned));
         if !limiter.allow(rule, key, std::time::Instant::now()) {
             let mut r = Response::new(Full::new(Bytes::from(rule.message.clone())).map_err(|e| match e {}).boxed());
@@ -621,24 +628,23 @@ async fn upgrade_request(
         return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
     }
     let backend_upgrade = hyper::upgrade::on(&mut resp);
-    let shutdown = cx.sh.shutdown.clone();
-    cx.sh.tracker.spawn(async move {
-        if let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) {
-            let mut c = TokioIo::new(c);
-            let mut b = TokioIo::new(b);
-            let framed = limits.ping_interval.is_some() || limits.max_payload.is_some();
-            tokio::select! {
-                _ = async {
-                    if framed {
-                        ws::relay(c, b, limits).await;
-                    } else {
-                        let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
-                    }
-                } => {}
-                _ = shutdown.cancelled() => {}
+    let relay: UpgradedRelay = Box::pin(async move {
+        let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) else {
+            return Termination::ClientError;
+        };
+        let mut c = TokioIo::new(c);
+        let mut b = TokioIo::new(b);
+        if limits.ping_interval.is_some() || limits.max_payload.is_some() {
+            ws::relay(c, b, limits).await;
+            Termination::ClientClosed
+        } else {
+            match tokio::io::copy_bidirectional(&mut c, &mut b).await {
+                Ok(_) => Termination::ClientClosed,
+                Err(_) => Termination::ClientError,
             }
         }
     });
+    *cx.upgraded.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, Empty::new().map_err(|e| match e {}).boxed()))
 }

@@ -5,64 +5,23 @@
 //! Every exit path records a [`Termination`] on the connection's guard.
 
 use crate::config::{KeepAliveTreatment, ProxyOptions, RouteSecurity, MAX_TIMER_MS};
-use crate::conn::{ConnGuard, ConnRecord, IpLimits, Registry, Termination};
-use crate::events::{Event, EventSink, LogLevel};
+use crate::conn::{ConnGuard, ConnRecord, IpLimits, Termination};
+use crate::context::EngineContext;
 use crate::matching::{is_authorized, normalize_ip, Early, MatchInput, SelectedTarget};
-use crate::snapshot::Snapshot;
-use crate::tcp::{self, peek_initial, Initial, PeekError, RelayEnd, SocketOptions};
-use arc_swap::ArcSwap;
+use crate::tcp::{self, peek_initial, Initial, PeekError, RelayEnd};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-/// State shared by all connections of one running proxy.
-pub struct Shared {
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// JavaScript callbacks (socket handlers, target functions), when the embedder has them.
-    pub bridge: Option<Arc<dyn crate::js::JsBridge>>,
-    /// Target function calls in flight, and how their results are awaited.
-    pub js_calls: crate::js::Calls,
-    /// Sockets handed to JavaScript (kept by the proxy across runs).
-    pub handoffs: Arc<crate::js::Handoffs>,
-    /// Backend clients for routes without their own (no certificate verification).
-    pub backends: Arc<crate::http::Backends>,
-    pub options: Arc<ProxyOptions>,
-    pub registry: Arc<Registry>,
-    pub events: Arc<dyn EventSink>,
-    /// Cancelled by `stop()`: every connection closes.
-    pub shutdown: CancellationToken,
-    pub tracker: TaskTracker,
-}
-
-impl Shared {
-    pub fn log_warn(&self, message: String) {
-        self.events.emit(Event::Log { level: LogLevel::Warn, message });
-    }
-
-    /// Socket options for both sides of a connection, from the proxy options.
-    pub fn socket_options(&self) -> SocketOptions {
-        let o = &self.options;
-        SocketOptions { no_delay: o.no_delay, keep_alive: o.keep_alive.then_some(o.keep_alive_initial_delay) }
-    }
-
-    pub(crate) fn debug(&self, f: impl FnOnce() -> String) {
-        if self.options.enable_detailed_logging {
-            self.events.emit(Event::Log { level: LogLevel::Debug, message: f() });
-        }
-    }
-}
 
 /// TLS alert descriptions sent when a TLS connection is refused.
 const ALERT_HANDSHAKE_FAILURE: u8 = 40;
 const ALERT_DECODE_ERROR: u8 = 50;
 const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 
-pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Shared>) {
+pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<EngineContext>) {
     let ip = normalize_ip(peer.ip());
     let o = &sh.options;
     let limits = IpLimits { max_per_ip: o.max_connections_per_ip, rate_per_minute: o.connection_rate_limit_per_minute };
@@ -121,7 +80,13 @@ enum Plan {
     Socket { handler: u32, context: serde_json::Value },
 }
 
-async fn serve(stream: TcpStream, port: u16, ip: IpAddr, sh: &Arc<Shared>, guard: &mut ConnGuard) -> Termination {
+async fn serve(
+    stream: TcpStream,
+    port: u16,
+    ip: IpAddr,
+    sh: &Arc<EngineContext>,
+    guard: &mut ConnGuard,
+) -> Termination {
     let o = &sh.options;
     // Boxed: detection and matching state is transient and must not size every connection's
     // long-lived future (idle connections should cost a few hundred bytes of task state).
@@ -170,7 +135,7 @@ async fn plan(
     client: &TcpStream,
     port: u16,
     ip: IpAddr,
-    sh: &Shared,
+    sh: &EngineContext,
     guard: &mut ConnGuard,
 ) -> Result<Plan, Termination> {
     let snap = sh.snapshot.load_full();
@@ -314,7 +279,7 @@ fn hand_over(
     stream: TcpStream,
     handler: u32,
     context: serde_json::Value,
-    sh: &Shared,
+    sh: &EngineContext,
     rec: &ConnRecord,
 ) -> Termination {
     let Some(bridge) = &sh.bridge else {
@@ -391,7 +356,7 @@ fn local_ip(s: &TcpStream) -> String {
 
 #[allow(clippy::too_many_arguments)]
 fn http_conn(
-    sh: &Arc<Shared>,
+    sh: &Arc<EngineContext>,
     port: u16,
     ip: IpAddr,
     server_ip: String,
@@ -411,6 +376,7 @@ fn http_conn(
         sni,
         tls_version,
         rec: rec.clone(),
+        upgraded: Default::default(),
     })
 }
 

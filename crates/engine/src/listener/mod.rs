@@ -3,8 +3,9 @@
 
 mod connection;
 
-pub use connection::{effective_timeouts, Shared};
+pub use connection::effective_timeouts;
 
+use crate::context::EngineContext;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub fn bind(port: u16, opts: crate::tcp::SocketOptions) -> io::Result<TcpListene
 }
 
 /// Accepts on `listener` until `stop` fires; each connection is handled on its own task.
-pub async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<EngineContext>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -97,7 +98,7 @@ mod tests {
     #[tokio::test]
     async fn connection_future_stays_small() {
         let o = ProxyOptions::default();
-        let sh = Arc::new(Shared {
+        let sh = Arc::new(EngineContext {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             bridge: None,
             js_calls: crate::js::Calls::new(1, Arc::default()),
@@ -105,6 +106,8 @@ mod tests {
             backends: Arc::new(crate::http::Backends::new(false, &[], &o).unwrap()),
             options: Arc::new(o),
             registry: Arc::default(),
+            route_states: Default::default(),
+            tls: crate::tls::TlsContext::new(true).unwrap(),
             events: Arc::new(crate::events::NullSink),
             shutdown: CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),

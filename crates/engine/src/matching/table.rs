@@ -1,17 +1,20 @@
 //! The compiled route table: routes sorted by priority (highest first, ties in configuration
 //! order, spec §6.1), indexed by listening port. Built once per `updateRoutes` and shared as an
-//! immutable snapshot; the per-connection path only reads it (plus two relaxed atomics: the
-//! round-robin cursor and the route's active-connection count).
+//! immutable snapshot; the per-connection path only reads it. Each route holds a handle to its
+//! runtime state ([`crate::state::RouteState`]: connection count, cursors, rate windows), which
+//! belongs to the route-state registry and survives updates that keep the route.
 
 use super::{ports_contain, HeaderMatcher};
 use crate::config::{Route, RouteAction, Target, TargetPort, TlsMode};
 use crate::detect::TlsVersion;
+use crate::error::ConfigError;
+use crate::state::{RouteState, RouteStates};
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// A route plus its per-snapshot runtime state.
+/// A route compiled for matching, with the handle of its runtime state.
 #[derive(Debug)]
 pub struct CompiledRoute {
     pub route: Route,
@@ -19,17 +22,14 @@ pub struct CompiledRoute {
     pub needs_data: bool,
     /// Targets sorted by priority, highest first.
     targets: Vec<Target>,
-    /// Round-robin cursor per target (same order as `targets`).
-    cursors: Vec<AtomicUsize>,
-    /// Connections currently open on this route (for `security.maxConnections` and metrics).
-    pub active: AtomicU32,
     /// [`CompiledRoute::display_name`], shared by the records of its connections.
     pub name: Arc<str>,
-    balance_cursor: AtomicUsize,
+    /// Runtime state (owned by the registry, kept across updates that keep the route).
+    pub state: Arc<RouteState>,
 }
 
 impl CompiledRoute {
-    fn new(route: Route) -> Self {
+    fn new(route: Route, state: Option<Arc<RouteState>>) -> Self {
         let RouteAction::Forward(f) = &route.action;
         let h = &f.http;
         let http_features = !h.request_headers.is_empty()
@@ -48,17 +48,14 @@ impl CompiledRoute {
         let mut targets = f.targets.clone();
         // Stable sort: equal priorities keep configuration order.
         targets.sort_by(|a, b| b.priority.total_cmp(&a.priority));
-        let cursors = targets.iter().map(|_| AtomicUsize::new(0)).collect();
         let name = Arc::from(route.name.clone().unwrap_or_else(|| format!("route-{}", route.index)));
-        CompiledRoute {
-            route,
-            needs_data,
-            targets,
-            cursors,
-            active: AtomicU32::new(0),
-            name,
-            balance_cursor: AtomicUsize::new(0),
-        }
+        let state = state.unwrap_or_else(|| Arc::new(RouteState::fresh(&route, targets.len())));
+        CompiledRoute { route, needs_data, targets, name, state }
+    }
+
+    /// Targets of the route (sorted by priority).
+    pub fn target_count(&self) -> usize {
+        self.targets.len()
     }
 
     /// The route's name, or `route-<index>` for unnamed routes (metrics and logs key).
@@ -159,11 +156,37 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles validated routes. Disabled routes are left out.
+    /// Compiles validated routes with fresh runtime state. Disabled routes are left out.
     pub fn new(routes: Vec<Route>) -> Self {
+        Self::compile(routes, |_| None)
+    }
+
+    /// Compiles validated routes with their states from `states` (kept for unchanged routes,
+    /// made by `make` for the others).
+    pub fn with_states(
+        routes: Vec<Route>,
+        states: &RouteStates,
+        make: impl FnMut(&Route) -> Result<RouteState, ConfigError>,
+    ) -> Result<Self, ConfigError> {
+        let routes = Self::enabled_in_order(routes);
+        let mut found = states.resolve(&routes, make)?.into_iter();
+        Ok(Self::compile(routes, move |_| found.next()))
+    }
+
+    fn enabled_in_order(routes: Vec<Route>) -> Vec<Route> {
         let mut routes: Vec<Route> = routes.into_iter().filter(|r| r.enabled).collect();
         routes.sort_by(|a, b| b.priority.total_cmp(&a.priority).then(a.index.cmp(&b.index)));
-        let routes: Vec<Arc<CompiledRoute>> = routes.into_iter().map(|r| Arc::new(CompiledRoute::new(r))).collect();
+        routes
+    }
+
+    fn compile(routes: Vec<Route>, mut state: impl FnMut(&Route) -> Option<Arc<RouteState>>) -> Self {
+        let routes: Vec<Arc<CompiledRoute>> = Self::enabled_in_order(routes)
+            .into_iter()
+            .map(|r| {
+                let s = state(&r);
+                Arc::new(CompiledRoute::new(r, s))
+            })
+            .collect();
         let mut by_port: HashMap<u16, Vec<usize>> = HashMap::new();
         for (i, r) in routes.iter().enumerate() {
             let mut seen = BTreeSet::new();
@@ -264,7 +287,8 @@ impl RouteTable {
                 if r.forward().balance_targets {
                     // loadBalancing 'round-robin': rotate among the unconditional targets.
                     let free: Vec<usize> = (0..r.targets.len()).filter(|&i| r.targets[i].condition.is_none()).collect();
-                    (!free.is_empty()).then(|| free[r.balance_cursor.fetch_add(1, Ordering::Relaxed) % free.len()])
+                    (!free.is_empty())
+                        .then(|| free[r.state.balance_cursor.fetch_add(1, Ordering::Relaxed) % free.len()])
                 } else {
                     r.targets.iter().position(|t| t.condition.is_none())
                 }
@@ -273,7 +297,10 @@ impl RouteTable {
         let host = match t.hosts.len() {
             0 => String::new(),
             1 => t.hosts[0].clone(),
-            n => t.hosts[r.cursors[pick].fetch_add(1, Ordering::Relaxed) % n].clone(),
+            n => {
+                let turn = r.state.cursors.get(pick).map_or(0, |c| c.fetch_add(1, Ordering::Relaxed));
+                t.hosts[turn % n].clone()
+            }
         };
         let (port, port_fn) = match t.port {
             TargetPort::Fixed(p) => (p, None),

@@ -1,20 +1,19 @@
-//! TLS: certificates (PEM → rustls `CertifiedKey`, checked at validation time), the per-port
-//! SNI certificate resolver, the server configuration used for termination, and the client
+//! TLS: certificates (PEM → rustls `CertifiedKey` in [`pem`], checked at validation time), the
+//! certificate store and its per-port SNI resolvers ([`store`]), the engine's lifetime TLS
+//! state ([`TlsContext`]: server configurations, ticket key, session cache), and the client
 //! configurations used for re-encryption to backends.
 //!
-//! Certificates belong to the route table snapshot: `updateRoutes` builds new resolvers and new
-//! connections use them; established TLS sessions keep theirs.
+//! `updateRoutes` installs the new routes' certificates in the store; new handshakes use them,
+//! established TLS sessions keep theirs, and resumption keeps working across the update.
 
-use crate::config::{RouteAction, TlsMode};
-use crate::matching::{normalize_host, CompiledRoute, DomainPattern};
+mod pem;
+mod store;
+
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The crypto provider of the whole engine (ring: fast to build, no C toolchain beyond cc).
 pub fn provider() -> Arc<CryptoProvider> {
@@ -22,113 +21,66 @@ pub fn provider() -> Arc<CryptoProvider> {
     P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
 }
 
-/// Parses every certificate in a PEM text.
-pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate PEM does not parse: {e}"))?;
-    if certs.is_empty() {
-        return Err("no certificate found in the PEM text".into());
-    }
-    Ok(certs)
+pub use pem::{certified_key, parse_certs};
+pub use store::{CertStore, PortResolver, SniCerts, StaticCerts};
+
+/// The TLS state of one running engine, made once at `start()`: the certificate store, the
+/// session-ticket key (rotated by time inside rustls' ticketer, every 6 hours, never by route
+/// updates), the session cache, and one server configuration per terminating port. A route
+/// update reuses all of them, so clients resume their sessions across `updateRoutes`.
+pub struct TlsContext {
+    pub store: Arc<CertStore>,
+    resumption: bool,
+    ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+    /// Cold: written when a snapshot is built.
+    configs: Mutex<HashMap<u16, Arc<ServerConfig>>>,
 }
 
-/// Builds a signing identity from PEM certificate chain and key (RSA, ECDSA or Ed25519; PKCS#8,
-/// PKCS#1 or SEC1), appending `ca` to the chain. Fails when the key does not belong to the
-/// certificate.
-pub fn certified_key(cert_pem: &str, key_pem: &str, ca_pem: Option<&str>) -> Result<Arc<CertifiedKey>, String> {
-    let mut chain = parse_certs(cert_pem)?;
-    if let Some(ca) = ca_pem.filter(|c| !c.trim().is_empty()) {
-        chain.extend(parse_certs(ca)?);
-    }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| format!("private key PEM does not parse: {e}"))?;
-    let signing = provider().key_provider.load_private_key(key).map_err(|e| format!("unsupported private key: {e}"))?;
-    let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match().map_err(|e| format!("the key does not match the certificate ({e})"))?;
-    Ok(Arc::new(ck))
-}
+/// Sessions kept for TLS 1.2 session-id resumption (rustls' default per configuration).
+const SESSION_CACHE_SIZE: usize = 256;
 
-/// Chooses the certificate for a ClientHello among the terminating routes of one port: exact
-/// names first, then wildcard patterns in route priority order, then a route without domains.
-/// No match (or no SNI and no catch-all route) aborts the handshake with an alert.
-#[derive(Debug, Default)]
-pub struct SniResolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    wildcard: Vec<(DomainPattern, Arc<CertifiedKey>)>,
-    fallback: Option<Arc<CertifiedKey>>,
-}
-
-impl SniResolver {
-    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        let found = sni.and_then(|name| {
-            let n = normalize_host(name);
-            self.exact
-                .get(&*n)
-                .cloned()
-                .or_else(|| self.wildcard.iter().find(|(p, _)| p.matches(&n)).map(|(_, c)| c.clone()))
-        });
-        found.or_else(|| self.fallback.clone())
+impl TlsContext {
+    /// `resumption`: session tickets and the session cache (`tlsSessionResumption`).
+    pub fn new(resumption: bool) -> Result<Self, String> {
+        let (ticketer, sessions): (_, Arc<dyn rustls::server::StoresServerSessions>) = if resumption {
+            (
+                Some(rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?),
+                rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            )
+        } else {
+            (None, Arc::new(rustls::server::NoServerSessionStorage {}))
+        };
+        Ok(TlsContext { store: Arc::default(), resumption, ticketer, sessions, configs: Mutex::default() })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty() && self.fallback.is_none()
-    }
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.lookup(hello.server_name())
-    }
-}
-
-/// Session resumption of terminated TLS (tickets and the session cache).
-#[derive(Debug, Clone, Copy)]
-pub struct ServerTlsOptions {
-    pub resumption: bool,
-}
-
-/// Builds the server configuration of one port from its routes (in priority order).
-/// Returns `None` when no route on the port terminates TLS.
-pub fn server_config(
-    routes: &[&Arc<CompiledRoute>],
-    opts: ServerTlsOptions,
-) -> Result<Option<Arc<ServerConfig>>, String> {
-    let mut r = SniResolver::default();
-    for route in routes {
-        let RouteAction::Forward(f) = &route.route.action;
-        let Some(tls) = &f.tls else { continue };
-        if tls.mode == TlsMode::Passthrough {
-            continue;
+    /// The server configuration of `port` (made on first use, then kept for the engine's life).
+    pub fn server_config(&self, port: u16) -> Result<Arc<ServerConfig>, String> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = configs.get(&port) {
+            return Ok(c.clone());
         }
-        let Some(ck) = &tls.certificate else { continue };
-        if route.route.domains.is_empty() {
-            r.fallback.get_or_insert_with(|| ck.clone());
+        let resolver = Arc::new(PortResolver { port, store: self.store.clone() });
+        let mut cfg = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        cfg.session_storage = self.sessions.clone();
+        match &self.ticketer {
+            Some(t) => cfg.ticketer = t.clone(),
+            None => cfg.send_tls13_tickets = 0,
         }
-        for d in &route.route.domains {
-            if d.is_wildcard() {
-                r.wildcard.push((d.clone(), ck.clone()));
-            } else {
-                r.exact.entry(d.as_str().to_owned()).or_insert_with(|| ck.clone());
-            }
-        }
+        let cfg = Arc::new(cfg);
+        configs.insert(port, cfg.clone());
+        Ok(cfg)
     }
-    if r.is_empty() {
-        return Ok(None);
+
+    /// Whether session resumption is on.
+    pub fn resumption(&self) -> bool {
+        self.resumption
     }
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(r));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    if opts.resumption {
-        cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
-    } else {
-        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        cfg.send_tls13_tickets = 0;
-    }
-    Ok(Some(Arc::new(cfg)))
 }
 
 /// Accepts any backend certificate (still checking the handshake signatures), as upstream's

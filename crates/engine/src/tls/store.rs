@@ -1,0 +1,204 @@
+//! The certificate store: which certificate a TLS-terminating port serves for a server name.
+//! It lives apart from the route table so that certificates can change without a route update
+//! (ACME issuance and renewal come next) and routes can change without touching live TLS state.
+//!
+//! - [`StaticCerts`]: the certificates configured on routes, indexed per port (exact names in a
+//!   hash map, then wildcard patterns in route priority order, then a route without domains).
+//!   Built with each snapshot (pure data), installed when the snapshot is.
+//! - [`CertStore`]: the current index behind an `ArcSwap`; a handshake loads it once (no lock).
+//! - [`PortResolver`]: the rustls resolver of one port; it reads the store on every handshake,
+//!   so a swapped index serves new handshakes at once while established sessions keep theirs.
+
+use crate::config::{RouteAction, TlsMode};
+use crate::matching::{normalize_host, CompiledRoute, DomainPattern, RouteTable};
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The certificates of one port's terminating routes.
+#[derive(Debug, Default)]
+pub struct SniCerts {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: Vec<(DomainPattern, Arc<CertifiedKey>)>,
+    fallback: Option<Arc<CertifiedKey>>,
+}
+
+impl SniCerts {
+    /// Precedence: an exact name, then the first wildcard pattern (route priority order), then
+    /// the certificate of a route without domains. `None`: the handshake is refused.
+    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let found = sni.and_then(|name| {
+            let n = normalize_host(name);
+            self.exact
+                .get(&*n)
+                .cloned()
+                .or_else(|| self.wildcard.iter().find(|(p, _)| p.matches(&n)).map(|(_, c)| c.clone()))
+        });
+        found.or_else(|| self.fallback.clone())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.fallback.is_none()
+    }
+
+    /// Indexes the terminating routes of one port, given in priority order.
+    pub fn from_routes(routes: &[&Arc<CompiledRoute>]) -> Self {
+        let mut r = SniCerts::default();
+        for route in routes {
+            let RouteAction::Forward(f) = &route.route.action;
+            let Some(tls) = &f.tls else { continue };
+            if tls.mode == TlsMode::Passthrough {
+                continue;
+            }
+            let Some(ck) = &tls.certificate else { continue };
+            if route.route.domains.is_empty() {
+                r.fallback.get_or_insert_with(|| ck.clone());
+            }
+            for d in &route.route.domains {
+                if d.is_wildcard() {
+                    r.wildcard.push((d.clone(), ck.clone()));
+                } else {
+                    r.exact.entry(d.as_str().to_owned()).or_insert_with(|| ck.clone());
+                }
+            }
+        }
+        r
+    }
+}
+
+/// The certificates configured on routes, per port.
+#[derive(Debug, Default)]
+pub struct StaticCerts {
+    ports: HashMap<u16, SniCerts>,
+}
+
+impl StaticCerts {
+    pub fn from_table(table: &RouteTable) -> Self {
+        let ports = table
+            .ports()
+            .filter_map(|p| {
+                let certs = SniCerts::from_routes(&table.routes_on_port(p));
+                (!certs.is_empty()).then_some((p, certs))
+            })
+            .collect();
+        StaticCerts { ports }
+    }
+
+    /// Ports that terminate TLS.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports.keys().copied()
+    }
+
+    pub fn lookup(&self, port: u16, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.ports.get(&port)?.lookup(sni)
+    }
+}
+
+/// The engine's current certificates, swapped atomically.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    configured: ArcSwap<StaticCerts>,
+}
+
+impl CertStore {
+    /// Installs the certificates of a new route table (done with the snapshot swap).
+    pub fn set_configured(&self, certs: Arc<StaticCerts>) {
+        self.configured.store(certs);
+    }
+
+    pub fn lookup(&self, port: u16, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.configured.load().lookup(port, sni)
+    }
+}
+
+/// Chooses the certificate of one port's handshakes from the store.
+#[derive(Debug)]
+pub struct PortResolver {
+    pub port: u16,
+    pub store: Arc<CertStore>,
+}
+
+impl ResolvesServerCert for PortResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.store.lookup(self.port, hello.server_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_routes;
+    use serde_json::json;
+
+    fn cert(name: &str) -> (String, String) {
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().self_signed(&k).unwrap();
+        (c.pem(), k.serialize_pem())
+    }
+
+    fn route(
+        name: &str,
+        domains: serde_json::Value,
+        priority: i32,
+        (cert, key): &(String, String),
+    ) -> serde_json::Value {
+        json!({"name": name, "priority": priority, "match": {"ports": 443, "domains": domains},
+            "action": {"type": "forward", "target": {"host": "h", "port": 1},
+                "tls": {"mode": "terminate", "certificate": {"cert": cert, "key": key}}}})
+    }
+
+    fn served(store: &StaticCerts, sni: Option<&str>) -> Option<Vec<u8>> {
+        store.lookup(443, sni).map(|c| c.cert[0].to_vec())
+    }
+
+    /// Exact names win over wildcards whatever the route priority; among wildcards the route
+    /// priority decides; a route without domains is the fallback, also for a missing SNI.
+    #[test]
+    fn sni_precedence_exact_wildcard_fallback() {
+        let (exact, wild, wild_low, any) = (cert("a.example.com"), cert("*.example.com"), cert("*.com"), cert("x"));
+        let routes = parse_routes(&json!([
+            route("wild", json!("*.example.com"), 10, &wild),
+            route("wild-low", json!("*.com"), 5, &wild_low),
+            route("exact", json!("a.example.com"), 0, &exact),
+            route("any", json!(null), -1, &any),
+        ]))
+        .unwrap();
+        let table = RouteTable::new(routes);
+        let s = StaticCerts::from_table(&table);
+        let der = |c: &(String, String)| parse_pem(&c.0);
+        assert_eq!(served(&s, Some("a.example.com")), Some(der(&exact)));
+        assert_eq!(served(&s, Some("A.Example.COM.")), Some(der(&exact)), "names are normalised");
+        assert_eq!(served(&s, Some("b.example.com")), Some(der(&wild)));
+        assert_eq!(served(&s, Some("other.com")), Some(der(&wild_low)));
+        assert_eq!(served(&s, Some("nothing.org")), Some(der(&any)));
+        assert_eq!(served(&s, None), Some(der(&any)));
+        assert_eq!(s.lookup(444, Some("a.example.com")).map(|_| ()), None, "other ports serve nothing");
+        // Without a catch-all route, unknown names and a missing SNI get nothing (an alert).
+        let routes = parse_routes(&json!([route("exact", json!("a.example.com"), 0, &exact)])).unwrap();
+        let s = StaticCerts::from_table(&RouteTable::new(routes));
+        assert_eq!(served(&s, Some("b.example.com")), None);
+        assert_eq!(served(&s, None), None);
+    }
+
+    #[test]
+    fn the_store_swaps_certificates_for_new_lookups() {
+        let (a, b) = (cert("a.test"), cert("a.test"));
+        let build = |c: &(String, String)| {
+            let routes = parse_routes(&json!([route("r", json!("a.test"), 0, c)])).unwrap();
+            Arc::new(StaticCerts::from_table(&RouteTable::new(routes)))
+        };
+        let store = Arc::new(CertStore::default());
+        assert!(store.lookup(443, Some("a.test")).is_none());
+        store.set_configured(build(&a));
+        let first = store.lookup(443, Some("a.test")).unwrap();
+        store.set_configured(build(&b));
+        let second = store.lookup(443, Some("a.test")).unwrap();
+        assert_ne!(first.cert[0], second.cert[0]);
+    }
+
+    fn parse_pem(pem: &str) -> Vec<u8> {
+        super::super::pem::parse_certs(pem).unwrap()[0].to_vec()
+    }
+}
