@@ -53,6 +53,3 @@ export interface NativeSocket {
   fd: number
   context: string
 }
-
-/** Validates options and routes without starting anything; returns warnings. */
-export declare function validateConfig(optionsJson: string, routesJson: string): Array<string>

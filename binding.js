@@ -837,4 +837,3 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.NativeProxy = nativeBinding.NativeProxy
 module.exports.engineDefaults = nativeBinding.engineDefaults
-module.exports.validateConfig = nativeBinding.validateConfig

@@ -122,14 +122,6 @@ pub fn engine_defaults() -> Value {
     ProxyOptions::defaults_json()
 }
 
-/// Validates options and routes without starting anything; returns warnings.
-#[napi]
-pub fn validate_config(options_json: String, routes_json: String) -> Result<Vec<String>> {
-    let (_, warnings) = parse_options(&parse_json(&options_json, "options")?).map_err(config_err)?;
-    routes_from(&routes_json)?;
-    Ok(warnings)
-}
-
 /// One engine proxy instance.
 #[napi]
 pub struct NativeProxy {

@@ -46,7 +46,11 @@ impl EngineContext {
     /// Socket options for both sides of a connection, from the proxy options.
     pub fn socket_options(&self) -> SocketOptions {
         let o = &self.options;
-        SocketOptions { no_delay: o.no_delay, keep_alive: o.keep_alive.then_some(o.keep_alive_initial_delay) }
+        SocketOptions {
+            no_delay: o.no_delay,
+            keep_alive: o.keep_alive.then_some(o.keep_alive_initial_delay),
+            probes: o.enable_keep_alive_probes,
+        }
     }
 
     pub(crate) fn debug(&self, f: impl FnOnce() -> String) {

@@ -76,6 +76,7 @@ pub struct ProxyOptions {
     /// SO_KEEPALIVE on both sockets; such connections get the keep-alive treatment. Default true.
     pub keep_alive: bool,
     pub keep_alive_initial_delay: Duration,
+    /// `enableKeepAliveProbes`: probe every second, 10 probes (see [`crate::tcp::SocketOptions`]). Default true.
     pub enable_keep_alive_probes: bool,
     /// Upper bound on bytes buffered before the backend connects. This engine peeks instead of
     /// reading before the backend is connected, so it never buffers any; kept for `settings`.

@@ -15,11 +15,12 @@
 //! the kept backend socket and a few words of state.
 
 use super::chunked::Chunked;
-use super::headers::{self, TemplateVars};
-use super::{choose, error_text, response_wait, rewrite_url, Chosen, Counted, HttpConn, HEADER_READ_TIMEOUT};
-use crate::config::TlsMode;
+use super::error::HttpError;
+use super::headers;
+use super::plan::{self, Answer, Outcome, RequestFacts, Routed};
+use super::{Counted, HttpConn, HEADER_READ_TIMEOUT};
 use crate::conn::{ConnRecord, Termination};
-use crate::matching::{CompiledRoute, HttpView, MatchInput, SelectedTarget};
+use crate::matching::{HttpView, SelectedTarget};
 use dashmap::DashMap;
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
@@ -248,22 +249,34 @@ impl<IO: ClientIo> Client<IO> {
         Ok(())
     }
 
-    /// A response made here (an error or a refusal), with `connection: close` when `close`.
-    async fn reply(&mut self, status: StatusCode, close: bool) -> io::Result<()> {
-        let (status, body) = error_text(status);
-        let mut out = Vec::with_capacity(160 + body.len());
+    /// A response made here (an error, a refusal, a synthetic answer), with
+    /// `connection: close` when `close`.
+    async fn reply(&mut self, a: Answer, close: bool) -> io::Result<()> {
+        let mut out = Vec::with_capacity(160 + a.body.len());
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
+        out.extend_from_slice(a.status.as_str().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        if close {
-            out.extend_from_slice(b"\r\nconnection: close");
+        out.extend_from_slice(a.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (n, v) in &a.headers {
+            push_header(&mut out, n.as_str().as_bytes(), v.as_bytes());
         }
-        out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(body.as_bytes());
+        // 204 and 304 carry no body and no length.
+        if !matches!(a.status.as_u16(), 204 | 304) {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(a.body.len().to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&a.body);
         self.send(&out).await
+    }
+
+    async fn reply_error(&mut self, e: HttpError, close: bool) -> io::Result<()> {
+        self.reply(e.into(), close).await
     }
 }
 
@@ -323,11 +336,13 @@ enum Parsed {
     Partial,
     /// Not for this path: hyper takes the connection.
     Hyper,
-    /// Answer here: `len` bytes of head, whether the connection closes after.
+    /// Answer here: `len` bytes of head, whether the connection closes after, and whether the
+    /// request was malformed (the connection then ends as a client error).
     Reply {
         len: usize,
-        status: StatusCode,
+        answer: Box<Answer>,
         close: bool,
+        malformed: bool,
     },
     Forward(usize, Box<Forward>),
 }
@@ -401,7 +416,7 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
         match prepare(&c.buf, cx) {
             Parsed::Partial => {
                 if c.buf.len() >= MAX_HEAD {
-                    let _ = c.reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, true).await;
+                    let _ = c.reply_error(HttpError::HeadTooLarge, true).await;
                     return Step::End(Termination::ClientError);
                 }
                 let deadline = *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
@@ -412,14 +427,10 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
                 }
             }
             Parsed::Hyper => return Step::Hyper,
-            Parsed::Reply { len, status, close } => {
+            Parsed::Reply { len, answer, close, malformed } => {
                 c.buf.drain(..len.min(c.buf.len()));
-                if c.reply(status, close).await.is_err() || close {
-                    return Step::End(if status == StatusCode::BAD_REQUEST {
-                        Termination::ClientError
-                    } else {
-                        Termination::ClientClosed
-                    });
+                if c.reply(*answer, close).await.is_err() || close {
+                    return Step::End(if malformed { Termination::ClientError } else { Termination::ClientClosed });
                 }
                 return Step::Next;
             }
@@ -430,7 +441,7 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
     c.buf.drain(..head_len);
     // The body bytes that came with the head go out with it.
     let Ok(k) = body.take(&c.buf) else {
-        let _ = c.reply(StatusCode::BAD_REQUEST, true).await;
+        let _ = c.reply_error(HttpError::BadRequest, true).await;
         return Step::End(Termination::ClientError);
     };
     out.extend_from_slice(&c.buf[..k]);
@@ -462,17 +473,17 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
             Err(status) => return refuse(c, status, false).await,
         };
         if be.write_all(&out).await.is_err() {
-            return refuse(c, StatusCode::BAD_GATEWAY, false).await;
+            return refuse(c, HttpError::BackendBroken, false).await;
         }
         match send_body(c, &mut be, &mut body, &mut bbuf.0).await {
             Ok(()) => {}
             Err(BodyError::Early) => early = true,
             Err(BodyError::Client) => return Step::End(Termination::ClientError),
             Err(BodyError::Framing) => {
-                let _ = c.reply(StatusCode::BAD_REQUEST, true).await;
+                let _ = c.reply_error(HttpError::BadRequest, true).await;
                 return Step::End(Termination::ClientError);
             }
-            Err(BodyError::Backend) => return refuse(c, StatusCode::BAD_GATEWAY, false).await,
+            Err(BodyError::Backend) => return refuse(c, HttpError::BackendBroken, false).await,
         }
         if bbuf.is_empty() {
             match until_client_leaves(c, first_bytes(&mut be, &mut bbuf.0, wait)).await {
@@ -568,14 +579,14 @@ async fn until_client_leaves<IO: ClientIo, T>(c: &mut Client<IO>, wait: impl Fut
 
 /// Answers the client with an error status; keeps the connection when the request was read
 /// whole (`keep`), else closes it.
-async fn refuse<IO: ClientIo>(c: &mut Client<IO>, status: StatusCode, keep: bool) -> Step {
-    if c.reply(status, !keep).await.is_err() {
+async fn refuse<IO: ClientIo>(c: &mut Client<IO>, e: HttpError, keep: bool) -> Step {
+    if c.reply_error(e, !keep).await.is_err() {
         return Step::End(Termination::ClientError);
     }
     if keep {
         Step::Next
     } else {
-        Step::End(Termination::BackendError)
+        Step::End(e.termination())
     }
 }
 
@@ -586,7 +597,7 @@ async fn backend(
     kept: Option<TcpStream>,
     host: &str,
     port: u16,
-) -> Result<(TcpStream, bool), StatusCode> {
+) -> Result<(TcpStream, bool), HttpError> {
     if let Some(s) = kept.filter(alive) {
         return Ok((s, true));
     }
@@ -607,15 +618,15 @@ async fn send_whole(
     out: &[u8],
     bbuf: &mut Vec<u8>,
     wait: Duration,
-) -> Result<TcpStream, StatusCode> {
+) -> Result<TcpStream, HttpError> {
     let (mut be, mut reused) = backend(cx, kept, host, port).await?;
     loop {
         let sent = match be.write_all(out).await {
             Ok(()) => first_bytes(&mut be, bbuf, wait).await,
-            Err(_) => Err(StatusCode::BAD_GATEWAY),
+            Err(_) => Err(HttpError::BackendBroken),
         };
         match sent {
-            Err(StatusCode::BAD_GATEWAY) if reused => {
+            Err(HttpError::BackendBroken) if reused => {
                 be = connect(cx, host, port).await?;
                 reused = false;
             }
@@ -629,7 +640,7 @@ async fn send_whole(
 /// An empty `bbuf` (no capacity) gets a cached buffer only once the answer is there: requests
 /// waiting for their backends then hold no buffer (500 HTTP/2 streams in flight would drain the
 /// cache and allocate 32 KiB each).
-async fn first_bytes(be: &mut TcpStream, bbuf: &mut Vec<u8>, wait: Duration) -> Result<(), StatusCode> {
+async fn first_bytes(be: &mut TcpStream, bbuf: &mut Vec<u8>, wait: Duration) -> Result<(), HttpError> {
     let read = async {
         loop {
             be.readable().await?;
@@ -644,9 +655,9 @@ async fn first_bytes(be: &mut TcpStream, bbuf: &mut Vec<u8>, wait: Duration) -> 
         }
     };
     match tokio::time::timeout(wait, read).await {
-        Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
+        Err(_) => Err(HttpError::BackendTimeout),
         Ok(Ok(n)) if n > 0 => Ok(()),
-        Ok(_) => Err(StatusCode::BAD_GATEWAY),
+        Ok(_) => Err(HttpError::BackendBroken),
     }
 }
 
@@ -656,32 +667,32 @@ async fn read_head(
     bbuf: &mut Vec<u8>,
     deadline: tokio::time::Instant,
     head_request: bool,
-) -> Result<RespHead, StatusCode> {
+) -> Result<RespHead, HttpError> {
     loop {
         match parse_response(bbuf, head_request) {
-            Err(()) => return Err(StatusCode::BAD_GATEWAY),
+            Err(()) => return Err(HttpError::BackendBroken),
             Ok(Some(h)) => return Ok(h),
-            Ok(None) if bbuf.len() >= MAX_HEAD => return Err(StatusCode::BAD_GATEWAY),
+            Ok(None) if bbuf.len() >= MAX_HEAD => return Err(HttpError::BackendBroken),
             Ok(None) => {
                 if bbuf.capacity() - bbuf.len() < 1024 {
                     bbuf.reserve(BUF);
                 }
                 match tokio::time::timeout_at(deadline, be.read_buf(bbuf)).await {
-                    Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
+                    Err(_) => return Err(HttpError::BackendTimeout),
                     Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => return Err(StatusCode::BAD_GATEWAY),
+                    Ok(_) => return Err(HttpError::BackendBroken),
                 }
             }
         }
     }
 }
 
-async fn connect(cx: &HttpConn, host: &str, port: u16) -> Result<TcpStream, StatusCode> {
+async fn connect(cx: &HttpConn, host: &str, port: u16) -> Result<TcpStream, HttpError> {
     match tokio::time::timeout(cx.sh.options.connection_timeout, TcpStream::connect((host, port))).await {
-        Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
+        Err(_) => Err(HttpError::ConnectTimeout),
         Ok(Err(e)) => {
             cx.sh.debug(|| format!("backend {host}:{port}: {e}"));
-            Err(StatusCode::BAD_GATEWAY)
+            Err(HttpError::from_connect(&e))
         }
         Ok(Ok(s)) => {
             crate::tcp::apply(&s, cx.sh.socket_options());
@@ -784,14 +795,6 @@ impl HttpView for View<'_, '_> {
     }
 }
 
-/// Request headers the proxy writes itself (framing, `X-Forwarded-*`), besides the hop-by-hop
-/// ones it never forwards.
-const REQUEST_REWRITTEN: [&str; 4] = ["content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
-
-fn request_dropped(name: &str) -> bool {
-    headers::is_hop_by_hop(name) || REQUEST_REWRITTEN.iter().any(|d| name.eq_ignore_ascii_case(d))
-}
-
 /// Hop-by-hop response headers, except the framing: the body goes through as it came.
 fn response_dropped(name: &str) -> bool {
     headers::is_hop_by_hop(name) && !name.eq_ignore_ascii_case("transfer-encoding")
@@ -801,34 +804,26 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
     std::str::from_utf8(v).unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
-/// Whether the route (or target) needs something only the hyper path does.
-fn needs_hyper(route: Option<&CompiledRoute>, chosen: &Chosen) -> bool {
-    chosen.target.host_fn.is_some()
-        || chosen.target.port_fn.is_some()
-        || chosen.backends.is_some()
-        || route.is_some_and(|r| {
-            let h = &r.forward().http;
-            r.route.security.needs_http()
-                || r.tls_mode() == Some(TlsMode::TerminateAndReencrypt)
-                || h.cors.is_some()
-                || h.backend_http2
-        })
+/// Whether the plan needs something only the hyper path does: a target function to call, TLS
+/// or HTTP/2 to the backend, or the route's own (verifying) backend clients.
+fn needs_hyper(r: &Routed) -> bool {
+    r.needs_js() || r.own_backends().is_some() || r.reencrypt() || r.backend_h2()
 }
 
-/// Parses a request head at the start of `buf`, routes it and builds the head for the backend.
+/// Parses a request head at the start of `buf`, asks the [`plan`] what to do with it, and
+/// renders the head for the backend.
 fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     if buf.starts_with(b"PRI ") {
         return Parsed::Hyper; // the HTTP/2 connection preface (prior knowledge)
     }
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut hs);
+    let malformed = |len, e: HttpError| Parsed::Reply { len, answer: Box::new(e.into()), close: true, malformed: true };
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => {
-            return Parsed::Reply { len: buf.len(), status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, close: true }
-        }
-        Err(_) => return Parsed::Reply { len: buf.len(), status: StatusCode::BAD_REQUEST, close: true },
+        Err(httparse::Error::TooManyHeaders) => return malformed(buf.len(), HttpError::HeadTooLarge),
+        Err(_) => return malformed(buf.len(), HttpError::BadRequest),
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Hyper;
@@ -836,7 +831,6 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     if !target.starts_with('/') || method == "CONNECT" {
         return Parsed::Hyper;
     }
-    let bad = Parsed::Reply { len, status: StatusCode::BAD_REQUEST, close: true };
     let mut host: Option<&str> = None;
     let mut length: Option<u64> = None;
     let mut te_headers = 0;
@@ -852,7 +846,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
             if host.is_none() {
                 match std::str::from_utf8(h.value) {
                     Ok(v) => host = Some(v.trim()),
-                    Err(_) => return bad,
+                    Err(_) => return malformed(len, HttpError::BadRequest),
                 }
             }
         } else if n.eq_ignore_ascii_case("content-length") {
@@ -860,10 +854,10 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
             let Some(l) =
                 (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse::<u64>().ok()).flatten()
             else {
-                return bad;
+                return malformed(len, HttpError::BadRequest);
             };
             if length.is_some_and(|prev| prev != l) {
-                return bad;
+                return malformed(len, HttpError::BadRequest);
             }
             length = Some(l);
         } else if n.eq_ignore_ascii_case("transfer-encoding") {
@@ -903,43 +897,22 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     };
     let domain = crate::detect::strip_port(host);
     let view = View { method, path, headers: req.headers };
-    let input = MatchInput {
-        port: cx.port,
-        client_ip: cx.client_ip,
-        domain: Some(&domain),
-        http: Some(&view),
-        tls_version: cx.tls_version,
-    };
+    let facts = RequestFacts { method, target, path, query, domain: Some(&domain), upgrade: false, view: &view };
     let snap = cx.sh.snapshot.load();
-    let chosen = match choose(&snap, cx, &input) {
-        Ok(c) => c,
-        Err(status) => return Parsed::Reply { len, status, close: has_body || close },
+    let answer = |a: Answer| Parsed::Reply { len, answer: Box::new(a), close: has_body || close, malformed: false };
+    let routed = match plan::plan(&snap, cx, &facts) {
+        Ok(Outcome::Forward(r)) => r,
+        Ok(Outcome::Answer(a)) => return answer(a),
+        Err(e) => return answer(e.into()),
     };
-    let route = chosen.route.as_deref();
-    if route.is_some_and(|r| r.socket_handler().is_some()) {
-        // Socket handlers take whole connections at layer 4, never single requests.
-        return Parsed::Reply { len, status: StatusCode::NOT_FOUND, close: has_body || close };
-    }
-    if needs_hyper(route, &chosen) {
+    if needs_hyper(&routed) {
         return Parsed::Hyper;
     }
-    let http_opts = route.map(|r| &r.forward().http);
-    let vars = TemplateVars {
-        domain: &domain,
-        client_ip: &cx.client_ip_text,
-        path,
-        query: query.unwrap_or(""),
-        method,
-        route_name: route.map_or("", |r| &*r.name),
-        route_id: route.and_then(|r| r.route.id.as_deref()).unwrap_or(""),
-        port: cx.port,
-        connection_id: cx.rec.id,
-        target_host: &chosen.target.host,
-        target_port: chosen.target.port,
-    };
-    let request_templates = http_opts.map_or(&[][..], |h| &h.request_headers[..]);
+    let edits = routed.edits(cx, &facts);
     let listed: Vec<&str> = if has_connection {
-        req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).flat_map(|h| tokens(h.value)).collect()
+        headers::connection_tokens(
+            req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value),
+        )
     } else {
         Vec::new()
     };
@@ -947,34 +920,30 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     let mut out = Vec::with_capacity(len + 160);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    match http_opts.and_then(|h| h.url_rewrite.as_ref()) {
-        Some(rw) => out.extend_from_slice(rewrite_url(rw, target).as_bytes()),
-        None => out.extend_from_slice(target.as_bytes()),
-    }
+    out.extend_from_slice(routed.path_and_query(&facts).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
         let n = h.name;
-        if request_dropped(n)
-            || listed.iter().any(|d| n.eq_ignore_ascii_case(d))
-            || request_templates.iter().any(|t| n.eq_ignore_ascii_case(t.name.as_str()))
+        // Framing is this path's own (written below).
+        if headers::request_field_kept(n, false, &listed)
+            && !n.eq_ignore_ascii_case("content-length")
+            && !edits.replaces(n)
         {
-            continue;
+            push_header(&mut out, n.as_bytes(), h.value);
         }
-        push_header(&mut out, n.as_bytes(), h.value);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     let prior = req.headers.iter().filter(|h| xff_count > 0 && h.name.eq_ignore_ascii_case("x-forwarded-for"));
-    let prior = prior.map(|h| h.value);
-    headers::forwarded_for(&mut out, prior, cx.client_ip_text.as_bytes());
+    headers::forwarded_for(&mut out, prior.map(|h| h.value), cx.client_ip_text.as_bytes());
     out.extend_from_slice(if cx.tls {
         b"\r\nx-forwarded-proto: https\r\n"
     } else {
         b"\r\nx-forwarded-proto: http\r\n"
     });
     push_header(&mut out, b"x-forwarded-host", host.as_bytes());
-    for t in request_templates {
-        if let Ok(v) = HeaderValue::from_str(&headers::expand(&t.value, &vars)) {
-            push_header(&mut out, t.name.as_str().as_bytes(), v.as_bytes());
+    for (n, v) in &edits.request {
+        if let Some(v) = v {
+            push_header(&mut out, n.as_str().as_bytes(), v.as_bytes());
         }
     }
     match body {
@@ -988,14 +957,8 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     }
     out.extend_from_slice(b"\r\n");
 
-    let response_headers = http_opts.map_or_else(Vec::new, |h| {
-        h.response_headers
-            .iter()
-            .filter_map(|t| HeaderValue::from_str(&headers::expand(&t.value, &vars)).ok().map(|v| (t.name.clone(), v)))
-            .collect()
-    });
-    let wait = response_wait(http_opts);
-    let SelectedTarget { host: target_host, port: target_port, .. } = chosen.target;
+    let wait = routed.wait();
+    let SelectedTarget { host: target_host, port: target_port, .. } = routed.target;
     Parsed::Forward(
         len,
         Box::new(Forward {
@@ -1005,7 +968,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
             port: target_port,
             head_request: method == "HEAD",
             client_close: close,
-            response_headers,
+            response_headers: edits.response,
             wait,
         }),
     )
@@ -1155,7 +1118,7 @@ pub(super) async fn send_bodyless(
     req: &http::request::Parts,
     path_and_query: &str,
     wait: Duration,
-) -> Result<http::Response<super::ProxyBody>, StatusCode> {
+) -> Result<http::Response<super::ProxyBody>, HttpError> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
@@ -1192,7 +1155,7 @@ pub(super) async fn send_bodyless(
         }
         bbuf.drain(..h.len); // interim responses have no place in this response
     };
-    let status = StatusCode::from_u16(head.code).map_err(|_| StatusCode::BAD_GATEWAY)?;
+    let status = StatusCode::from_u16(head.code).map_err(|_| HttpError::BackendBroken)?;
     // One copy of the head; the header values are slices of it.
     let raw = bytes::Bytes::copy_from_slice(&bbuf[..head.len]);
     let headers = header_map(

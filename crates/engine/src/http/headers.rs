@@ -148,13 +148,19 @@ pub fn forwarded_for<'a>(out: &mut Vec<u8>, prior: impl Iterator<Item = &'a [u8]
     out.extend_from_slice(client_ip);
 }
 
-/// Appends the client (`client_ip`, the address as a header value) to `X-Forwarded-For` (see
-/// [`forwarded_for`]) and sets `X-Forwarded-Proto` / `-Host`.
-pub fn add_forwarded(h: &mut HeaderMap, client_ip: &HeaderValue, https: bool, host: Option<&str>) {
+/// Sets `X-Forwarded-For` from the client's fields (`prior`) and the client (`client_ip`, the
+/// address as a header value; see [`forwarded_for`]), and `X-Forwarded-Proto` / `-Host`.
+pub fn add_forwarded<'a>(
+    h: &mut HeaderMap,
+    mut prior: impl ExactSizeIterator<Item = &'a HeaderValue>,
+    client_ip: &HeaderValue,
+    https: bool,
+    host: Option<&str>,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
-    let value = if h.contains_key(&xff) {
+    let value = if prior.len() > 0 {
         let mut v = Vec::new();
-        forwarded_for(&mut v, h.get_all(&xff).iter().map(HeaderValue::as_bytes), client_ip.as_bytes());
+        forwarded_for(&mut v, prior.by_ref().map(HeaderValue::as_bytes), client_ip.as_bytes());
         HeaderValue::from_bytes(&v).ok()
     } else {
         Some(client_ip.clone())
@@ -183,12 +189,14 @@ pub fn cors_origin(c: &Cors, origin: Option<&str>) -> Option<String> {
     origin.filter(|o| c.allow_origin.iter().any(|a| a == o)).map(str::to_owned)
 }
 
-/// Adds the CORS response headers for an allowed origin.
-pub fn add_cors(h: &mut HeaderMap, c: &Cors, origin: Option<&str>, preflight: bool) {
+/// The CORS response fields for an allowed origin (none for another origin), added to `out`
+/// (replacing fields of the same names).
+pub fn cors_fields(out: &mut Vec<(HeaderName, HeaderValue)>, c: &Cors, origin: Option<&str>, preflight: bool) {
     let Some(allowed) = cors_origin(c, origin) else { return };
     let mut set = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
-            h.insert(name, v);
+            out.retain(|(n, _)| *n != name);
+            out.push((name, v));
         }
     };
     set(header::ACCESS_CONTROL_ALLOW_ORIGIN, &allowed);
@@ -206,6 +214,67 @@ pub fn add_cors(h: &mut HeaderMap, c: &Cors, origin: Option<&str>, preflight: bo
         set(header::ACCESS_CONTROL_ALLOW_HEADERS, &c.allow_headers);
         if let Some(m) = c.max_age {
             set(header::ACCESS_CONTROL_MAX_AGE, &m.to_string());
+        }
+    }
+}
+
+/// Request fields the proxy writes itself on both paths (`X-Forwarded-*`).
+const FORWARDED: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+
+/// The one rule of both HTTP paths for a client's request field: it goes to the backend unless
+/// it is hop-by-hop or named by the request's `Connection` fields (`listed`), or is one of the
+/// `X-Forwarded-*` fields the proxy writes itself. An upgrade keeps `Connection` and `Upgrade`
+/// (the backend must see what is asked). Framing fields are each path's own business.
+pub fn request_field_kept(name: &str, upgrade: bool, listed: &[&str]) -> bool {
+    if upgrade && (name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("upgrade")) {
+        return true;
+    }
+    !is_hop_by_hop(name)
+        && !listed.iter().any(|l| name.eq_ignore_ascii_case(l))
+        && !FORWARDED.iter().any(|f| name.eq_ignore_ascii_case(f))
+}
+
+/// The tokens of `Connection` field values (the names of fields for this hop only).
+pub fn connection_tokens<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<&'a str> {
+    values
+        .flat_map(|v| std::str::from_utf8(v).unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Applies [`request_field_kept`] and the plan's edits to a header map (the hyper and HTTP/2
+/// path), then writes `X-Forwarded-*` (see [`add_forwarded`]). `host` is the authority as sent.
+pub fn edit_request(
+    h: &mut HeaderMap,
+    upgrade: bool,
+    edits: &super::plan::Edits,
+    client_ip: &HeaderValue,
+    https: bool,
+    host: Option<&str>,
+) {
+    let listed: Vec<String> = if h.contains_key(header::CONNECTION) {
+        connection_tokens(h.get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes))
+            .into_iter()
+            .map(str::to_ascii_lowercase)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let listed: Vec<&str> = listed.iter().map(String::as_str).filter(|l| !(upgrade && *l == "upgrade")).collect();
+    let xff: Vec<HeaderValue> = h.get_all("x-forwarded-for").iter().cloned().collect();
+    let drop: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| !request_field_kept(n.as_str(), upgrade, &listed) || edits.replaces(n.as_str()))
+        .cloned()
+        .collect();
+    for n in drop {
+        h.remove(n);
+    }
+    add_forwarded(h, xff.iter(), client_ip, https, host);
+    for (n, v) in &edits.request {
+        if let Some(v) = v {
+            h.insert(n.clone(), v.clone());
         }
     }
 }
@@ -255,8 +324,8 @@ mod tests {
     #[test]
     fn forwarded_and_cors() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
-        add_forwarded(&mut h, &HeaderValue::from_static("2.2.2.2"), true, Some("example.com"));
+        let prior = [HeaderValue::from_static("1.1.1.1")];
+        add_forwarded(&mut h, prior.iter(), &HeaderValue::from_static("2.2.2.2"), true, Some("example.com"));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2");
         assert_eq!(h["x-forwarded-proto"], "https");
         let c = Cors {
@@ -266,11 +335,49 @@ mod tests {
             preflight: true,
             ..Default::default()
         };
-        let mut r = HeaderMap::new();
-        add_cors(&mut r, &c, Some("https://b.test"), false);
+        let mut r = Vec::new();
+        cors_fields(&mut r, &c, Some("https://b.test"), false);
         assert!(r.is_empty());
-        add_cors(&mut r, &c, Some("https://a.test"), true);
-        assert_eq!(r[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.test");
-        assert_eq!(r[header::ACCESS_CONTROL_ALLOW_METHODS], "GET");
+        cors_fields(&mut r, &c, Some("https://a.test"), true);
+        let get = |n: HeaderName| r.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
+        assert_eq!(get(header::ACCESS_CONTROL_ALLOW_ORIGIN).unwrap(), "https://a.test");
+        assert_eq!(get(header::ACCESS_CONTROL_ALLOW_METHODS).unwrap(), "GET");
+    }
+
+    /// The one request-field rule: hop-by-hop and listed fields go, `X-Forwarded-*` are the
+    /// proxy's, upgrades keep `Connection` and `Upgrade`.
+    #[test]
+    fn request_fields() {
+        let listed = ["x-secret"];
+        assert!(request_field_kept("host", false, &listed));
+        assert!(request_field_kept("Content-Length", false, &listed));
+        assert!(!request_field_kept("Connection", false, &listed));
+        assert!(!request_field_kept("keep-alive", false, &listed));
+        assert!(!request_field_kept("X-Secret", false, &listed));
+        assert!(!request_field_kept("X-Forwarded-For", false, &listed));
+        assert!(request_field_kept("connection", true, &listed));
+        assert!(request_field_kept("upgrade", true, &listed));
+        assert!(!request_field_kept("upgrade", false, &listed));
+        assert_eq!(connection_tokens([&b"keep-alive, X-A"[..], b" ,b"].into_iter()), vec!["keep-alive", "X-A", "b"]);
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(HeaderName::from_static("x-secret"), HeaderValue::from_static("1"));
+        h.insert(HeaderName::from_static("x-templated"), HeaderValue::from_static("client"));
+        h.insert(HeaderName::from_static("x-broken"), HeaderValue::from_static("client"));
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        let edits = super::super::plan::Edits {
+            request: vec![
+                (HeaderName::from_static("x-templated"), Some(HeaderValue::from_static("proxy"))),
+                (HeaderName::from_static("x-broken"), None),
+            ],
+            response: vec![],
+        };
+        edit_request(&mut h, false, &edits, &HeaderValue::from_static("9.9.9.9"), false, Some("a"));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 9.9.9.9");
+        assert_eq!(h["x-templated"], "proxy");
+        assert!(!h.contains_key("x-broken") && !h.contains_key("x-secret") && !h.contains_key(header::CONNECTION));
+        assert_eq!(h[header::HOST], "a");
     }
 }

@@ -9,24 +9,26 @@
 
 mod access;
 mod chunked;
+pub mod error;
 mod h1;
 mod h2front;
 pub mod headers;
+pub mod plan;
 mod ws;
 
 pub use access::RateLimiter;
+pub use error::HttpError;
+use plan::{Answer, Outcome, RequestFacts};
 
-use crate::config::{HttpOptions, ProxyOptions, TlsMode, UrlRewrite};
+use crate::config::ProxyOptions;
 use crate::conn::{ConnRecord, Termination};
 use crate::context::EngineContext;
 use crate::detect::TlsVersion;
-use crate::matching::{is_authorized, CompiledRoute, HttpView, MatchInput, SelectedTarget};
-use crate::snapshot::Snapshot;
+use crate::matching::{HttpView, SelectedTarget};
 use bytes::Bytes;
-use headers::TemplateVars;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -54,8 +56,6 @@ type BackendClient = Client<Connector, ProxyBody>;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle pooled backend connections are closed after this long (hyper's default).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Response-header timeout when the route sets no `advanced.timeout`.
-const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Pooled clients to backends: HTTP/1.1 and HTTP/2, each able to speak plain HTTP or TLS.
 pub struct Backends {
@@ -209,44 +209,18 @@ impl HttpView for ReqView<'_> {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|e| match e {}).boxed());
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+/// A response the proxy gives itself (an error or a plan's answer).
+fn answer_response(a: Answer) -> Response<ProxyBody> {
+    let mut r = Response::new(Full::new(a.body).map_err(|e| match e {}).boxed());
+    *r.status_mut() = a.status;
+    for (n, v) in a.headers {
+        r.headers_mut().insert(n, v);
+    }
     r
 }
 
-/// The one place engine failures become HTTP statuses (status and body text), for both paths.
-fn error_text(status: StatusCode) -> (StatusCode, &'static str) {
-    match status {
-        StatusCode::NOT_FOUND => (status, "Not Found: no route matches this request\n"),
-        StatusCode::FORBIDDEN => (status, "Forbidden\n"),
-        StatusCode::GATEWAY_TIMEOUT => (status, "Gateway Timeout: the backend did not answer in time\n"),
-        StatusCode::BAD_REQUEST => (status, "Bad Request\n"),
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (status, "Request Header Fields Too Large\n"),
-        _ => (StatusCode::BAD_GATEWAY, "Bad Gateway: the backend could not be reached\n"),
-    }
-}
-
-fn error_response(status: StatusCode) -> Response<ProxyBody> {
-    let (status, body) = error_text(status);
-    text(status, body)
-}
-
-fn classify_client_error(e: &(dyn std::error::Error + 'static)) -> StatusCode {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(ioe) = err.downcast_ref::<io::Error>() {
-            if ioe.kind() == io::ErrorKind::TimedOut {
-                return StatusCode::GATEWAY_TIMEOUT;
-            }
-        }
-        if err.to_string().contains("timed out") {
-            return StatusCode::GATEWAY_TIMEOUT;
-        }
-        cur = err.source();
-    }
-    StatusCode::BAD_GATEWAY
+fn error_response(e: HttpError) -> Response<ProxyBody> {
+    answer_response(Answer::from(e))
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -260,138 +234,68 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-struct Chosen {
-    route: Option<Arc<CompiledRoute>>,
-    target: SelectedTarget,
-    /// The route's own backend clients (routes that verify backend certificates).
-    backends: Option<Arc<Backends>>,
-}
-
 async fn handle(mut req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     Ok(handle_inner(req, &cx, upgrade).await.unwrap_or_else(error_response))
 }
 
-/// The route, client check and target of one request; `Err` is the status that refuses it.
-/// Context by the hyper path and the HTTP/1.1 fast path.
-fn choose(snap: &Snapshot, cx: &HttpConn, input: &MatchInput) -> Result<Chosen, StatusCode> {
-    match snap.table.find_http(input, cx.tls) {
-        Some(i) => {
-            let route = snap.table.route(i).clone();
-            let sec = &route.route.security;
-            if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
-                return Err(StatusCode::FORBIDDEN);
-            }
-            let target = snap.table.select_target(i, input).ok_or(StatusCode::NOT_FOUND)?;
-            Ok(Chosen { target, backends: route.state.backends.clone(), route: Some(route) })
-        }
-        None => match &cx.sh.options.default_target {
-            Some(d) => {
-                let sec = &cx.sh.options.default_security;
-                if !is_authorized(cx.client_ip, &sec.ip_allow_list, &sec.ip_block_list) {
-                    return Err(StatusCode::FORBIDDEN);
-                }
-                Ok(Chosen { route: None, target: SelectedTarget::fixed(d.host.clone(), d.port), backends: None })
-            }
-            None => Err(StatusCode::NOT_FOUND),
-        },
-    }
-}
-
-/// How long the backend may take to start its response: `advanced.timeout`, else 300 s.
-fn response_wait(http: Option<&HttpOptions>) -> Duration {
-    http.and_then(|h| h.request_timeout).unwrap_or(DEFAULT_RESPONSE_TIMEOUT)
-}
-
-/// `advanced.urlRewrite` applied to a request's path and query.
-fn rewrite_url(rw: &UrlRewrite, path_and_query: &str) -> String {
-    let (subject, tail) = match (rw.only_path, path_and_query.split_once('?')) {
-        (true, Some((p, q))) => (p, Some(q)),
-        _ => (path_and_query, None),
-    };
-    let replaced = if rw.global {
-        rw.pattern.replace_all(subject, rw.target.as_str())
-    } else {
-        rw.pattern.replace(subject, rw.target.as_str())
-    };
-    let mut out = String::with_capacity(replaced.len() + tail.map_or(0, |t| t.len() + 2));
-    if !replaced.starts_with('/') {
-        out.push('/');
-    }
-    out.push_str(&replaced);
-    if let Some(q) = tail {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
-
-/// One request from either server (hyper's, or the HTTP/2 front end). `client_upgrade` is the
-/// client side of an HTTP/1.1 upgrade request (WebSocket), taken by the caller.
+/// One request from either server (hyper's, or the HTTP/2 front end): the [`plan`] decides,
+/// this renders it into the request's header map and sends it. `client_upgrade` is the client
+/// side of an HTTP/1.1 upgrade request (WebSocket), taken by the caller.
 async fn handle_inner<B>(
     mut req: Request<B>,
     cx: &HttpConn,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Result<Response<ProxyBody>, StatusCode>
+) -> Result<Response<ProxyBody>, HttpError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
     let snap = cx.sh.snapshot.load_full();
-    // Cheap clones (shared bytes): they let the request be borrowed here and changed below
-    // without owned copies of host, path and query per request.
+    // Cheap clones (shared bytes): they let the request be borrowed for the plan and changed
+    // below without owned copies of host, path and query per request.
     let uri0 = req.uri().clone();
     let host_hv = req.headers().get(header::HOST).cloned();
     let host_raw: Option<&str> =
         host_hv.as_ref().and_then(|v| v.to_str().ok()).or_else(|| uri0.authority().map(|a| a.as_str()));
     let domain = host_raw.map(crate::detect::strip_port).or_else(|| cx.sni.as_deref().map(Cow::Borrowed));
-    let path = uri0.path();
-    let query = uri0.query();
     let method = req.method().clone();
-    let chosen = {
-        let view = ReqView { method: req.method().as_str(), path, headers: req.headers() };
-        let input = MatchInput {
-            port: cx.port,
-            client_ip: cx.client_ip,
-            domain: domain.as_deref(),
-            http: Some(&view),
-            tls_version: cx.tls_version,
-        };
-        let chosen = choose(&snap, cx, &input)?;
-        if let Some(route) = chosen.route.as_deref() {
-            if let Some(denied) = check_access(route, cx, path, req.headers()) {
-                return Ok(denied);
-            }
-        }
-        chosen
+    let headers0 = std::mem::take(req.headers_mut());
+    let view = ReqView { method: method.as_str(), path: uri0.path(), headers: &headers0 };
+    let facts = RequestFacts {
+        method: method.as_str(),
+        target: uri0.path_and_query().map_or("/", |p| p.as_str()),
+        path: uri0.path(),
+        query: uri0.query(),
+        domain: domain.as_deref(),
+        upgrade: client_upgrade.is_some(),
+        view: &view,
     };
-    let mut chosen = chosen;
-    if let Some(r) = chosen.route.as_deref() {
-        if r.socket_handler().is_some() {
-            // Socket handlers take whole connections at layer 4, never single requests.
-            return Err(StatusCode::NOT_FOUND);
-        }
-    }
-    if chosen.target.host_fn.is_some() || chosen.target.port_fn.is_some() {
+    let mut routed = match plan::plan(&snap, cx, &facts)? {
+        Outcome::Answer(a) => return Ok(answer_response(a)),
+        Outcome::Forward(r) => r,
+    };
+    if routed.needs_js() {
+        let route = routed.route.as_deref();
         let context = crate::js::RouteContext {
             port: cx.port,
-            domain: domain.as_deref(),
+            domain: facts.domain,
             client_ip: cx.client_ip_text.clone(),
             server_ip: cx.server_ip.clone(),
-            path: Some(path),
-            query,
-            headers: Some(req.headers().iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect()),
+            path: Some(facts.path),
+            query: facts.query,
+            headers: Some(headers0.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect()),
             is_tls: cx.tls,
             tls_version: cx.tls_version,
-            route: chosen.route.as_deref(),
+            route,
             rec: &cx.rec,
-            target_host: chosen.target.host_fn.is_none().then_some(chosen.target.host.as_str()),
+            target_host: routed.target.host_fn.is_none().then_some(routed.target.host.as_str()),
             target_port: None,
         }
         .to_json();
-        let target = std::mem::replace(&mut chosen.target, SelectedTarget::fixed(String::new(), 0));
+        let target = std::mem::replace(&mut routed.target, SelectedTarget::fixed(String::new(), 0));
         // Boxed (as the upgrade below): rare paths must not size every request's future.
-        chosen.target = match Box::pin(crate::js::resolve_target(
+        routed.target = match Box::pin(crate::js::resolve_target(
             target,
             cx.sh.bridge.as_ref(),
             &cx.sh.js_calls,
@@ -402,97 +306,37 @@ where
         {
             Ok(t) => t,
             Err((_, why)) => {
-                cx.sh.log_warn(format!("route {}: {why}", chosen.route.as_deref().map(|r| &*r.name).unwrap_or("-")));
-                return Err(StatusCode::BAD_GATEWAY);
+                cx.sh.log_warn(format!("route {}: {why}", route.map(|r| &*r.name).unwrap_or("-")));
+                return Err(HttpError::TargetFunction);
             }
         };
     }
-    let route = chosen.route.as_deref();
-    let http_opts = route.map(|r| &r.forward().http);
-    let reencrypt = route.and_then(|r| r.tls_mode()) == Some(TlsMode::TerminateAndReencrypt);
-    let vars = TemplateVars {
-        domain: domain.as_deref().unwrap_or(""),
-        client_ip: &cx.client_ip_text,
-        path,
-        query: query.unwrap_or(""),
-        method: method.as_str(),
-        route_name: route.map_or("", |r| &*r.name),
-        route_id: route.and_then(|r| r.route.id.as_deref()).unwrap_or(""),
-        port: cx.port,
-        connection_id: cx.rec.id,
-        target_host: &chosen.target.host,
-        target_port: chosen.target.port,
-    };
-    let origin_hv = req.headers().get(header::ORIGIN).cloned();
-    let origin = origin_hv.as_ref().and_then(|v| v.to_str().ok());
-    let cors = http_opts.and_then(|h| h.cors.as_ref());
-    if let Some(c) = cors {
-        if c.preflight
-            && req.method() == Method::OPTIONS
-            && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-        {
-            let mut r = Response::new(Empty::new().map_err(|e| match e {}).boxed());
-            *r.status_mut() = StatusCode::NO_CONTENT;
-            headers::add_cors(r.headers_mut(), c, origin, true);
-            return Ok(r);
-        }
-    }
-
-    // Path (and query) after `advanced.urlRewrite`; `None` keeps the request's own.
-    let mut rewritten: Option<String> = None;
-    if let Some(rw) = http_opts.and_then(|h| h.url_rewrite.as_ref()) {
-        rewritten = Some(rewrite_url(rw, uri0.path_and_query().map_or("/", |p| p.as_str())));
-    }
-
+    let edits = routed.edits(cx, &facts);
+    let path_and_query = routed.path_and_query(&facts).to_owned();
     let upgrade = client_upgrade.is_some();
-    if upgrade {
-        if let Some(ws) = http_opts.and_then(|h| h.websocket.as_ref()) {
-            if !ws.enabled {
-                return Err(StatusCode::FORBIDDEN);
-            }
-            if !ws.allowed_origins.is_empty()
-                && !origin.is_some_and(|o| ws.allowed_origins.iter().any(|a| a == o || a == "*"))
-            {
-                return Err(StatusCode::FORBIDDEN);
-            }
-            if let Some(p) = &ws.rewrite_path {
-                rewritten = Some(p.clone());
-            }
-        }
-    }
-
-    // Forwarded request headers.
+    // The plan's borrows of the client's headers end here: they go back into the request.
+    *req.headers_mut() = headers0;
+    // Forwarded request headers: the one rule, the plan's edits, X-Forwarded-*.
     {
         let h = req.headers_mut();
-        if !upgrade {
-            headers::strip_hop_by_hop(h);
-        }
+        let ip = cx
+            .client_ip_value
+            .get_or_init(|| HeaderValue::from_str(&cx.client_ip_text).unwrap_or(HeaderValue::from_static("")));
+        headers::edit_request(h, upgrade, &edits, ip, cx.tls, host_raw);
         if host_hv.is_none() {
             // HTTP/2 (`:authority`) or an absolute URI: the backend still gets a Host header.
             if let Some(host) = host_raw.and_then(|v| HeaderValue::from_str(v).ok()) {
                 h.insert(header::HOST, host);
             }
         }
-        let ip = cx
-            .client_ip_value
-            .get_or_init(|| HeaderValue::from_str(&cx.client_ip_text).unwrap_or(HeaderValue::from_static("")));
-        headers::add_forwarded(h, ip, cx.tls, host_raw);
-        if let Some(ho) = http_opts {
-            headers::apply_templates(h, &ho.request_headers, &vars);
-            if upgrade {
-                if let Some(ws) = &ho.websocket {
-                    headers::apply_templates(h, &ws.custom_headers, &vars);
-                }
-            }
-        }
     }
-    let backends = chosen.backends.clone().unwrap_or_else(|| cx.sh.backends.clone());
-    let path_and_query = rewritten.as_deref().or_else(|| uri0.path_and_query().map(|p| p.as_str())).unwrap_or("/");
-    let wait = response_wait(http_opts);
-    let backend_h2 = http_opts.is_some_and(|h| h.backend_http2);
+    let backends = routed.own_backends().cloned().unwrap_or_else(|| cx.sh.backends.clone());
+    let wait = routed.wait();
+    let backend_h2 = routed.backend_h2();
+    let reencrypt = routed.reencrypt();
 
     let mut resp = if let Some(client_upgrade) = client_upgrade {
-        let limits = http_opts.and_then(|h| h.websocket.as_ref()).map_or_else(ws::WsLimits::default, |w| {
+        let limits = routed.http().and_then(|h| h.websocket.as_ref()).map_or_else(ws::WsLimits::default, |w| {
             ws::WsLimits { ping_interval: w.ping_interval, ping_timeout: w.ping_timeout, max_payload: w.max_payload }
         });
         let (parts, _) = req.into_parts();
@@ -500,40 +344,38 @@ where
             parts,
             client_upgrade,
             cx,
-            &chosen.target,
+            &routed.target,
             reencrypt.then(|| backends.tls_h1.clone()),
-            path_and_query,
+            &path_and_query,
             limits,
         ))
         .await?
-    } else if !reencrypt && chosen.backends.is_none() && !backend_h2 && req.body().is_end_stream() {
+    } else if !reencrypt && routed.own_backends().is_none() && !backend_h2 && req.body().is_end_stream() {
         // No body (HTTP/2 GETs, mostly): the fast path's backend connections, no hyper client.
         let (parts, _) = req.into_parts();
-        h1::send_bodyless(cx, &chosen.target.host, chosen.target.port, &parts, path_and_query, wait).await?
+        h1::send_bodyless(cx, &routed.target.host, routed.target.port, &parts, &path_and_query, wait).await?
     } else {
-        let authority = if chosen.target.host.contains(':') && !chosen.target.host.starts_with('[') {
-            format!("[{}]:{}", chosen.target.host, chosen.target.port)
+        let t = &routed.target;
+        let authority = if t.host.contains(':') && !t.host.starts_with('[') {
+            format!("[{}]:{}", t.host, t.port)
         } else {
-            format!("{}:{}", chosen.target.host, chosen.target.port)
+            format!("{}:{}", t.host, t.port)
         };
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(if reencrypt { Scheme::HTTPS } else { Scheme::HTTP });
-        let authority = Authority::from_maybe_shared(Bytes::from(authority)).map_err(|_| StatusCode::BAD_GATEWAY)?;
+        let authority = Authority::from_maybe_shared(Bytes::from(authority)).map_err(|_| HttpError::BadRequest)?;
         parts.authority = Some(authority.clone());
-        parts.path_and_query = Some(match rewritten {
-            Some(p) => PathAndQuery::from_maybe_shared(Bytes::from(p)).map_err(|_| StatusCode::BAD_REQUEST)?,
-            None => uri0.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
-        });
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| StatusCode::BAD_REQUEST)?;
+        parts.path_and_query =
+            Some(PathAndQuery::from_maybe_shared(Bytes::from(path_and_query)).map_err(|_| HttpError::BadRequest)?);
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| HttpError::BadRequest)?;
         *req.version_mut() = if backend_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
         let client = if backend_h2 { &backends.h2 } else { &backends.h1 };
         let req = req.map(|b| b.map_err(Into::into).boxed());
         match tokio::time::timeout(wait, client.request(req)).await {
-            Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
+            Err(_) => return Err(HttpError::BackendTimeout),
             Ok(Err(e)) => {
-                let status = classify_client_error(&e);
                 cx.sh.debug(|| format!("backend {authority} failed: {e:?}"));
-                return Err(status);
+                return Err(HttpError::from_client(&e));
             }
             Ok(Ok(r)) => {
                 let (mut parts, body) = r.into_parts();
@@ -542,52 +384,10 @@ where
             }
         }
     };
-    if let Some(ho) = http_opts {
-        headers::apply_templates(resp.headers_mut(), &ho.response_headers, &vars);
-        if let Some(c) = &ho.cors {
-            headers::add_cors(resp.headers_mut(), c, origin, false);
-        }
+    for (n, v) in edits.response {
+        resp.headers_mut().insert(n, v);
     }
     Ok(resp)
-}
-
-/// Applies the route's rate limit and authentication; `Some(response)` refuses the request.
-fn check_access(
-    route: &CompiledRoute,
-    cx: &HttpConn,
-    path: &str,
-    headers: &http::HeaderMap,
-) -> Option<Response<ProxyBody>> {
-    let sec = &route.route.security;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let (Some(rule), Some(limiter)) = (&sec.rate_limit, &route.state.limiter) {
-        let key = access::rate_key(rule, &cx.client_ip_text, path, |n| header(n).map(str::to_owned));
-        if !limiter.allow(rule, key, std::time::Instant::now()) {
-            let mut r = Response::new(Full::new(Bytes::from(rule.message.clone())).map_err(|e| match e {}).boxed());
-            *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(rule.window.as_secs().max(1)));
-            return Some(r);
-        }
-    }
-    let authorization = header("authorization");
-    if let Some(b) = &sec.basic_auth {
-        if !access::basic_ok(b, path, authorization) {
-            let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
-            if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"{}\"", b.realm.replace('"', ""))) {
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-            }
-            return Some(r);
-        }
-    }
-    if let Some(j) = &sec.jwt_auth {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if !access::jwt_ok(j, path, authorization, now) {
-            let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Some(r);
-        }
-    }
-    None
 }
 
 /// Forwards an HTTP/1.1 Upgrade (WebSocket) request over a fresh backend connection and, on
@@ -600,25 +400,25 @@ async fn upgrade_request(
     tls: Option<Arc<rustls::ClientConfig>>,
     path_and_query: &str,
     limits: ws::WsLimits,
-) -> Result<Response<ProxyBody>, StatusCode> {
+) -> Result<Response<ProxyBody>, HttpError> {
     let o = &cx.sh.options;
     let tcp = match tokio::time::timeout(o.connection_timeout, TcpStream::connect((target.host.as_str(), target.port)))
         .await
     {
-        Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
-        Ok(Err(_)) => return Err(StatusCode::BAD_GATEWAY),
+        Err(_) => return Err(HttpError::ConnectTimeout),
+        Ok(Err(e)) => return Err(HttpError::from_connect(&e)),
         Ok(Ok(s)) => s,
     };
     let _ = tcp.set_nodelay(true);
-    parts.uri = path_and_query.parse().map_err(|_| StatusCode::BAD_REQUEST)?;
+    parts.uri = path_and_query.parse().map_err(|_| HttpError::BadRequest)?;
     parts.version = Version::HTTP_11;
     let breq = Request::from_parts(parts, Empty::<Bytes>::new());
     let mut resp = match tls {
         Some(cfg) => {
             let name =
-                rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|_| StatusCode::BAD_GATEWAY)?;
+                rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|_| HttpError::BackendBroken)?;
             let stream =
-                tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|_| StatusCode::BAD_GATEWAY)?;
+                tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|_| HttpError::BackendBroken)?;
             exchange(stream, breq).await?
         }
         None => exchange(tcp, breq).await?,
@@ -649,16 +449,16 @@ async fn upgrade_request(
     Ok(Response::from_parts(parts, Empty::new().map_err(|e| match e {}).boxed()))
 }
 
-async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, StatusCode>
+async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, HttpError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|_| StatusCode::BAD_GATEWAY)?;
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|_| HttpError::BackendBroken)?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    sender.send_request(req).await.map_err(|_| StatusCode::BAD_GATEWAY)
+    sender.send_request(req).await.map_err(|_| HttpError::BackendBroken)
 }
 
 /// Counts bytes both ways on the client connection and notes activity for the idle timer. A

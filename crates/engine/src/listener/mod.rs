@@ -79,7 +79,11 @@ mod tests {
     /// The per-connection code relies on accepted sockets inheriting the listener's options.
     #[tokio::test]
     async fn accepted_sockets_inherit_listener_options() {
-        let opts = crate::tcp::SocketOptions { no_delay: true, keep_alive: Some(std::time::Duration::from_secs(7)) };
+        let opts = crate::tcp::SocketOptions {
+            no_delay: true,
+            keep_alive: Some(std::time::Duration::from_secs(7)),
+            probes: true,
+        };
         let l = bind(0, opts).unwrap();
         let port = l.local_addr().unwrap().port();
         let _c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -88,7 +92,9 @@ mod tests {
         assert!(r.tcp_nodelay().unwrap());
         assert!(r.keepalive().unwrap());
         assert_eq!(r.tcp_keepalive_time().unwrap(), std::time::Duration::from_secs(7));
-        let plain = bind(0, crate::tcp::SocketOptions { no_delay: false, keep_alive: None }).unwrap();
+        assert_eq!(r.tcp_keepalive_interval().unwrap(), crate::tcp::PROBE_INTERVAL);
+        assert_eq!(r.tcp_keepalive_retries().unwrap(), crate::tcp::PROBE_COUNT);
+        let plain = bind(0, crate::tcp::SocketOptions { no_delay: false, keep_alive: None, probes: false }).unwrap();
         let port = plain.local_addr().unwrap().port();
         let _c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let (s, _) = plain.accept().await.unwrap();

@@ -18,7 +18,16 @@ pub struct SocketOptions {
     pub no_delay: bool,
     /// `Some(initial delay)` turns SO_KEEPALIVE on.
     pub keep_alive: Option<Duration>,
+    /// `enableKeepAliveProbes`: after the initial delay, probe every [`PROBE_INTERVAL`] and give
+    /// up after [`PROBE_COUNT`] unanswered probes (what upstream asked Node for); otherwise the
+    /// kernel's defaults (75 s, 9 probes on Linux).
+    pub probes: bool,
 }
+
+/// Interval between keep-alive probes with `enableKeepAliveProbes` (upstream's 1 s).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Unanswered probes before the connection is dropped with `enableKeepAliveProbes` (upstream's 10).
+pub const PROBE_COUNT: u32 = 10;
 
 /// Applies [`SocketOptions`]; failures are ignored (a socket that cannot take an option still works).
 pub fn apply(stream: &TcpStream, opts: SocketOptions) {
@@ -31,7 +40,10 @@ pub fn apply_socket(sock: &socket2::Socket, opts: SocketOptions) {
         let _ = sock.set_tcp_nodelay(true);
     }
     if let Some(delay) = opts.keep_alive {
-        let ka = TcpKeepalive::new().with_time(delay.max(Duration::from_secs(1)));
+        let mut ka = TcpKeepalive::new().with_time(delay.max(Duration::from_secs(1)));
+        if opts.probes {
+            ka = ka.with_interval(PROBE_INTERVAL).with_retries(PROBE_COUNT);
+        }
         let _ = sock.set_tcp_keepalive(&ka);
     }
 }
