@@ -25,7 +25,7 @@ pub struct EngineContext {
     /// Sockets handed to JavaScript (kept by the proxy across runs).
     pub handoffs: Arc<crate::js::Handoffs>,
     /// Backend clients for routes without their own (no certificate verification).
-    pub backends: Arc<crate::http::Backends>,
+    pub backends: Arc<crate::upstream::Backends>,
     pub options: Arc<ProxyOptions>,
     pub registry: Arc<Registry>,
     /// Per-route runtime state, kept across route updates.

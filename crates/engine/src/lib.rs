@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn;
 pub mod context;
 pub mod detect;
+pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod http;
@@ -24,6 +25,7 @@ pub mod tcp;
 mod testutil;
 mod timer;
 pub mod tls;
+pub mod upstream;
 
 pub use error::{ConfigError, EngineError};
 pub use events::{Event, EventSink, LogLevel};

@@ -159,7 +159,7 @@ impl Proxy {
             b.worker_threads(n);
         }
         let rt = b.thread_name("smartproxy-rt").enable_all().build().map_err(EngineError::Runtime)?;
-        let backends = crate::http::Backends::new(false, &[], &options).map_err(EngineError::Internal)?;
+        let backends = crate::upstream::Backends::new(false, &[], &options).map_err(EngineError::Internal)?;
         let tls = crate::tls::TlsContext::new(options.tls_session_resumption).map_err(EngineError::Internal)?;
         let shared = Arc::new(EngineContext {
             snapshot: self.snapshot.clone(),

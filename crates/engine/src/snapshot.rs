@@ -6,10 +6,10 @@
 
 use crate::config::{ProxyOptions, Route, RouteAction};
 use crate::error::ConfigError;
-use crate::http::Backends;
 use crate::matching::RouteTable;
 use crate::state::{RouteState, RouteStates};
 use crate::tls::{StaticCerts, TlsContext};
+use crate::upstream::Backends;
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -16,7 +16,8 @@
 
 use crate::config::Route;
 use crate::error::ConfigError;
-use crate::http::{Backends, RateLimiter};
+use crate::http::RateLimiter;
+use crate::upstream::Backends;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};

@@ -288,6 +288,6 @@ fn huge_durations_and_multipliers_are_refused() {
         "enableRandomizedTimeouts": true
     }))
     .unwrap();
-    let (idle, _) = crate::listener::effective_timeouts(&o, true, 7);
+    let (idle, _) = crate::dispatch::effective_timeouts(&o, true, 7);
     assert!(idle.is_some());
 }

@@ -18,37 +18,22 @@ use super::chunked::Chunked;
 use super::error::HttpError;
 use super::headers;
 use super::plan::{self, Answer, Outcome, RequestFacts, Routed};
+use super::wire::{bufs, push_header, tokens, Framing, BUF, MAX_HEAD, MAX_HEADERS};
 use super::{Counted, HttpConn, HEADER_READ_TIMEOUT};
 use crate::conn::{ConnRecord, Termination};
 use crate::matching::{HttpView, SelectedTarget};
-use dashmap::DashMap;
+use crate::upstream::http1::{backend, first_bytes, parse_response, read_head, send_whole, Kept, RespHead};
 use http::header::{HeaderName, HeaderValue};
-use http::StatusCode;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::task::Poll;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
-
-/// Size of the read buffers (client side while a request is in flight, backend side).
-const BUF: usize = 32 * 1024;
-/// Largest request or response head accepted.
-const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in one head (hyper's default too).
-const MAX_HEADERS: usize = 100;
-/// Idle pooled backend connections are closed after this long.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-/// Idle connections kept per backend address. HTTP/2 clients keep up to 200 streams each in
-/// flight, every one on a backend connection of its own; with 256 the pool closed connections that
-/// the next burst had to open again (a connect and a close cost more than the request itself).
-const POOL_MAX_PER_TARGET: usize = 1024;
 
 /// A client connection the fast path can serve: plain TCP or terminated TLS.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -76,60 +61,6 @@ impl ClientIo for TcpStream {
                 None if buf.is_empty() => bufs::give(std::mem::take(buf)),
                 None => {}
             }
-        }
-    }
-}
-
-/// A per-thread cache of read buffers: each request takes its buffers here and gives them
-/// back, so the allocator does not return their memory to the kernel and fault it in again on
-/// every request (`madvise` and page faults were 7 % of the proxy's CPU per request).
-mod bufs {
-    use super::BUF;
-    use std::cell::RefCell;
-
-    /// Buffers kept per thread: enough for the requests in flight at once on a worker.
-    const KEEP: usize = 32;
-
-    thread_local! {
-        static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub fn take() -> Vec<u8> {
-        FREE.try_with(|f| f.borrow_mut().pop()).ok().flatten().unwrap_or_else(|| Vec::with_capacity(BUF))
-    }
-
-    pub fn give(mut b: Vec<u8>) {
-        if b.capacity() < BUF || b.capacity() > 2 * BUF {
-            return;
-        }
-        b.clear();
-        let _ = FREE.try_with(|f| {
-            let mut f = f.borrow_mut();
-            if f.len() < KEEP {
-                f.push(b);
-            }
-        });
-    }
-
-    /// A buffer that goes back to the cache when dropped.
-    pub struct Buf(pub Vec<u8>);
-
-    impl Drop for Buf {
-        fn drop(&mut self) {
-            give(std::mem::take(&mut self.0));
-        }
-    }
-
-    impl std::ops::Deref for Buf {
-        type Target = Vec<u8>;
-        fn deref(&self) -> &Vec<u8> {
-            &self.0
-        }
-    }
-
-    impl std::ops::DerefMut for Buf {
-        fn deref_mut(&mut self) -> &mut Vec<u8> {
-            &mut self.0
         }
     }
 }
@@ -163,58 +94,6 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     fn negotiated_h2(&self) -> bool {
         self.get_ref().1.alpn_protocol() == Some(b"h2")
     }
-}
-
-/// Idle keep-alive connections to plain-HTTP backends, by address. Touched when a client
-/// connection needs a backend it does not already hold, and when it ends.
-#[derive(Default)]
-pub struct Pool {
-    /// Oldest first: taken from the back (the warmest connection), expired from the front.
-    idle: DashMap<(String, u16), VecDeque<(TcpStream, Instant)>>,
-}
-
-impl Pool {
-    fn take(&self, host: &str, port: u16) -> Option<TcpStream> {
-        let mut list = self.idle.get_mut(&(host.to_owned(), port))?;
-        while let Some((s, since)) = list.pop_back() {
-            if since.elapsed() < POOL_IDLE && alive(&s) {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put(&self, kept: Kept) {
-        if !alive(&kept.stream) {
-            return;
-        }
-        let now = Instant::now();
-        let mut list = self.idle.entry((kept.host, kept.port)).or_default();
-        while list.front().is_some_and(|(_, since)| now.duration_since(*since) >= POOL_IDLE)
-            || list.len() >= POOL_MAX_PER_TARGET
-        {
-            list.pop_front();
-        }
-        list.push_back((kept.stream, now));
-    }
-
-    pub fn clear(&self) {
-        self.idle.clear();
-    }
-}
-
-/// An idle backend connection has nothing to read: data would be out of turn, and a readable
-/// end of stream means the backend closed it.
-fn alive(s: &TcpStream) -> bool {
-    let mut b = [0u8; 1];
-    matches!(s.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-}
-
-/// The backend connection a client connection keeps between its requests.
-struct Kept {
-    stream: TcpStream,
-    host: String,
-    port: u16,
 }
 
 /// The client side: its stream, the bytes read and not yet used, and the byte counters.
@@ -277,41 +156,6 @@ impl<IO: ClientIo> Client<IO> {
 
     async fn reply_error(&mut self, e: HttpError, close: bool) -> io::Result<()> {
         self.reply(e.into(), close).await
-    }
-}
-
-/// How a message body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked(Chunked),
-    /// Until the backend closes (responses without length or chunking).
-    UntilClose,
-}
-
-impl Framing {
-    /// Takes the part of `buf` that belongs to the body; returns its length.
-    fn take(&mut self, buf: &[u8]) -> Result<usize, ()> {
-        match self {
-            Framing::None => Ok(0),
-            Framing::Length(left) => {
-                let k = (*left).min(buf.len() as u64);
-                *left -= k;
-                Ok(k as usize)
-            }
-            Framing::Chunked(c) => c.feed(buf).map_err(|_| ()),
-            Framing::UntilClose => Ok(buf.len()),
-        }
-    }
-
-    fn done(&self) -> bool {
-        match self {
-            Framing::None => true,
-            Framing::Length(left) => *left == 0,
-            Framing::Chunked(c) => c.is_done(),
-            Framing::UntilClose => false,
-        }
     }
 }
 
@@ -460,7 +304,7 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
     let mut bbuf = bufs::Buf(if replayable { Vec::new() } else { bufs::take() });
     let mut early = false;
     let mut be = if replayable {
-        let send = send_whole(cx, kept_here, &host, port, &out, &mut bbuf.0, wait);
+        let send = send_whole(&cx.sh, kept_here, &host, port, &out, &mut bbuf.0, wait);
         match until_client_leaves(c, send).await {
             None => return Step::End(Termination::ClientClosed),
             Some(Ok(s)) => s,
@@ -468,7 +312,7 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
         }
     } else {
         // A streamed body cannot be sent twice: no retry on a stale connection here.
-        let mut be = match backend(cx, kept_here, &host, port).await {
+        let mut be = match backend(&cx.sh, kept_here, &host, port).await {
             Ok((s, _)) => s,
             Err(status) => return refuse(c, status, false).await,
         };
@@ -590,117 +434,6 @@ async fn refuse<IO: ClientIo>(c: &mut Client<IO>, e: HttpError, keep: bool) -> S
     }
 }
 
-/// A backend connection: the one kept from the last request (same target) if still open, else
-/// an idle pooled one, else a new one; `true` when reused.
-async fn backend(
-    cx: &HttpConn,
-    kept: Option<TcpStream>,
-    host: &str,
-    port: u16,
-) -> Result<(TcpStream, bool), HttpError> {
-    if let Some(s) = kept.filter(alive) {
-        return Ok((s, true));
-    }
-    if let Some(s) = cx.sh.backends.pool.take(host, port) {
-        return Ok((s, true));
-    }
-    connect(cx, host, port).await.map(|s| (s, false))
-}
-
-/// Sends a whole request (`out`: head and body) and waits for the first bytes of the answer
-/// (into `bbuf`). A reused connection the backend closed meanwhile (the write fails, or it
-/// closes without answering) is replaced by a new one, once.
-async fn send_whole(
-    cx: &HttpConn,
-    kept: Option<TcpStream>,
-    host: &str,
-    port: u16,
-    out: &[u8],
-    bbuf: &mut Vec<u8>,
-    wait: Duration,
-) -> Result<TcpStream, HttpError> {
-    let (mut be, mut reused) = backend(cx, kept, host, port).await?;
-    loop {
-        let sent = match be.write_all(out).await {
-            Ok(()) => first_bytes(&mut be, bbuf, wait).await,
-            Err(_) => Err(HttpError::BackendBroken),
-        };
-        match sent {
-            Err(HttpError::BackendBroken) if reused => {
-                be = connect(cx, host, port).await?;
-                reused = false;
-            }
-            Err(status) => return Err(status),
-            Ok(()) => return Ok(be),
-        }
-    }
-}
-
-/// Waits, at most `wait`, for the first bytes of a response (the one timer per request).
-/// An empty `bbuf` (no capacity) gets a cached buffer only once the answer is there: requests
-/// waiting for their backends then hold no buffer (500 HTTP/2 streams in flight would drain the
-/// cache and allocate 32 KiB each).
-async fn first_bytes(be: &mut TcpStream, bbuf: &mut Vec<u8>, wait: Duration) -> Result<(), HttpError> {
-    let read = async {
-        loop {
-            be.readable().await?;
-            if bbuf.capacity() == 0 {
-                *bbuf = bufs::take();
-            }
-            bbuf.reserve(BUF);
-            match be.try_read_buf(bbuf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => return r,
-            }
-        }
-    };
-    match tokio::time::timeout(wait, read).await {
-        Err(_) => Err(HttpError::BackendTimeout),
-        Ok(Ok(n)) if n > 0 => Ok(()),
-        Ok(_) => Err(HttpError::BackendBroken),
-    }
-}
-
-/// Reads until a response head is complete at the start of `bbuf`, by `deadline`.
-async fn read_head(
-    be: &mut TcpStream,
-    bbuf: &mut Vec<u8>,
-    deadline: tokio::time::Instant,
-    head_request: bool,
-) -> Result<RespHead, HttpError> {
-    loop {
-        match parse_response(bbuf, head_request) {
-            Err(()) => return Err(HttpError::BackendBroken),
-            Ok(Some(h)) => return Ok(h),
-            Ok(None) if bbuf.len() >= MAX_HEAD => return Err(HttpError::BackendBroken),
-            Ok(None) => {
-                if bbuf.capacity() - bbuf.len() < 1024 {
-                    bbuf.reserve(BUF);
-                }
-                match tokio::time::timeout_at(deadline, be.read_buf(bbuf)).await {
-                    Err(_) => return Err(HttpError::BackendTimeout),
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => return Err(HttpError::BackendBroken),
-                }
-            }
-        }
-    }
-}
-
-async fn connect(cx: &HttpConn, host: &str, port: u16) -> Result<TcpStream, HttpError> {
-    match tokio::time::timeout(cx.sh.options.connection_timeout, TcpStream::connect((host, port))).await {
-        Err(_) => Err(HttpError::ConnectTimeout),
-        Ok(Err(e)) => {
-            cx.sh.debug(|| format!("backend {host}:{port}: {e}"));
-            Err(HttpError::from_connect(&e))
-        }
-        Ok(Ok(s)) => {
-            crate::tcp::apply(&s, cx.sh.socket_options());
-            Ok(s)
-        }
-    }
-}
-
 enum BodyError {
     /// The backend answered before the body was sent.
     Early,
@@ -793,15 +526,6 @@ impl HttpView for View<'_, '_> {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).and_then(|h| std::str::from_utf8(h.value).ok())
     }
-}
-
-/// Hop-by-hop response headers, except the framing: the body goes through as it came.
-fn response_dropped(name: &str) -> bool {
-    headers::is_hop_by_hop(name) && !name.eq_ignore_ascii_case("transfer-encoding")
-}
-
-fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
-    std::str::from_utf8(v).unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
 /// Whether the plan needs something only the hyper path does: a target function to call, TLS
@@ -974,108 +698,6 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     )
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// A backend's response head, parsed in place.
-struct RespHead {
-    len: usize,
-    code: u16,
-    reason: Range<usize>,
-    /// 1xx other than 101: passed on (or skipped), then the next head follows.
-    interim: bool,
-    framing: Framing,
-    /// The backend connection can carry another request once the body is through.
-    backend_keep: bool,
-    /// The end-to-end header fields (hop-by-hop ones left out) as ranges of the buffer: name,
-    /// value. Framing fields stay: HTTP/1.1 clients get the body as it came.
-    headers: Vec<(Range<usize>, Range<usize>)>,
-}
-
-/// Where `part`, a slice of `buf`, lies in it. An empty `part` may point anywhere (httparse
-/// gives a static `""` as the reason of a status line without one): it is the empty range.
-fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
-    if part.is_empty() {
-        return 0..0;
-    }
-    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
-    debug_assert!(start.checked_add(part.len()).is_some_and(|end| end <= buf.len()), "not a slice of buf");
-    start..start + part.len()
-}
-
-/// Parses a response head at the start of `buf` (`Ok(None)`: not complete yet).
-fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()> {
-    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut hs);
-    let len = match r.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(()),
-    };
-    let (Some(version), Some(code)) = (r.version, r.code) else { return Err(()) };
-    let reason = range_in(buf, r.reason.unwrap_or("").as_bytes());
-    if (100..200).contains(&code) {
-        if code == 101 {
-            return Err(()); // no upgrade was asked for on this path
-        }
-        let framing = Framing::None;
-        return Ok(Some(RespHead {
-            len,
-            code,
-            reason,
-            interim: true,
-            framing,
-            backend_keep: false,
-            headers: Vec::new(),
-        }));
-    }
-    let mut length: Option<u64> = None;
-    let mut te: Option<bool> = None; // Some(last coding is chunked)
-    let mut close = version == 0;
-    let mut has_connection = false;
-    for h in r.headers.iter() {
-        let n = h.name;
-        if n.eq_ignore_ascii_case("content-length") {
-            let l = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(())?;
-            if length.is_some_and(|p| p != l) {
-                return Err(());
-            }
-            length = Some(l);
-        } else if n.eq_ignore_ascii_case("transfer-encoding") {
-            te = Some(tokens(h.value).last().is_some_and(|t| t.eq_ignore_ascii_case("chunked")));
-        } else if n.eq_ignore_ascii_case("connection") {
-            has_connection = true;
-            close |= tokens(h.value).any(|t| t.eq_ignore_ascii_case("close"));
-        }
-    }
-    let framing = if head_request || code == 204 || code == 304 {
-        Framing::None
-    } else {
-        match (te, length) {
-            (Some(true), _) => Framing::Chunked(Chunked::default()),
-            (Some(false), _) | (None, None) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
-        }
-    };
-    let listed: Vec<&str> = if has_connection {
-        r.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).flat_map(|h| tokens(h.value)).collect()
-    } else {
-        Vec::new()
-    };
-    let headers = r
-        .headers
-        .iter()
-        .filter(|h| !response_dropped(h.name) && !listed.iter().any(|d| h.name.eq_ignore_ascii_case(d)))
-        .map(|h| (range_in(buf, h.name.as_bytes()), range_in(buf, h.value)))
-        .collect();
-    let backend_keep = !close && framing != Framing::UntilClose;
-    Ok(Some(RespHead { len, code, reason, interim: false, framing, backend_keep, headers }))
-}
-
 /// The head an HTTP/1.1 client gets: the backend's, without hop-by-hop fields, with the
 /// route's response headers, and `connection: close` when the connection ends after it.
 fn client_head(buf: &[u8], h: &RespHead, templates: &[(HeaderName, HeaderValue)], close: bool) -> Vec<u8> {
@@ -1105,208 +727,6 @@ fn client_head(buf: &[u8], h: &RespHead, templates: &[(HeaderName, HeaderValue)]
 fn itoa3(code: u16) -> [u8; 3] {
     let c = code.min(999);
     [b'0' + (c / 100) as u8, b'0' + (c / 10 % 10) as u8, b'0' + (c % 10) as u8]
-}
-
-/// Forwards a request without a body that the hyper server received (HTTP/2 clients, and the
-/// HTTP/1 requests handed to it) to a plain-HTTP/1.1 backend over the fast path's connections:
-/// no hyper client, no pool lock, no hop to a connection task. The response body streams from
-/// the backend socket ([`PoolBody`]), which goes back to the pool when the body is through.
-pub(super) async fn send_bodyless(
-    cx: &HttpConn,
-    host: &str,
-    port: u16,
-    req: &http::request::Parts,
-    path_and_query: &str,
-    wait: Duration,
-) -> Result<http::Response<super::ProxyBody>, HttpError> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(req.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path_and_query.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers.iter().filter(|(n, _)| **n != http::header::COOKIE) {
-        push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    // HTTP/2 may split `cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
-    let mut cookies = req.headers.get_all(http::header::COOKIE).iter();
-    if let Some(first) = cookies.next() {
-        out.extend_from_slice(b"cookie: ");
-        out.extend_from_slice(first.as_bytes());
-        for c in cookies {
-            out.extend_from_slice(b"; ");
-            out.extend_from_slice(c.as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    let m = &req.method;
-    if (m == http::Method::POST || m == http::Method::PUT || m == http::Method::PATCH)
-        && !req.headers.contains_key(http::header::CONTENT_LENGTH)
-    {
-        out.extend_from_slice(b"content-length: 0\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    let mut bbuf = bufs::Buf(Vec::new()); // taken from the cache when the answer arrives
-    let mut be = send_whole(cx, None, host, port, &out, &mut bbuf.0, wait).await?;
-    let deadline = tokio::time::Instant::now() + wait;
-    let head = loop {
-        let h = read_head(&mut be, &mut bbuf.0, deadline, req.method == http::Method::HEAD).await?;
-        if !h.interim {
-            break h;
-        }
-        bbuf.drain(..h.len); // interim responses have no place in this response
-    };
-    let status = StatusCode::from_u16(head.code).map_err(|_| HttpError::BackendBroken)?;
-    // One copy of the head; the header values are slices of it.
-    let raw = bytes::Bytes::copy_from_slice(&bbuf[..head.len]);
-    let headers = header_map(
-        &raw,
-        // The body is handed on decoded: no transfer-encoding.
-        head.headers.iter().filter(|(n, _)| !raw[n.clone()].eq_ignore_ascii_case(b"transfer-encoding")).cloned(),
-    );
-    let mut body = PoolBody {
-        stream: Some(be),
-        buf: bytes::BytesMut::from(&bbuf[head.len..]),
-        framing: head.framing,
-        keep: head.backend_keep,
-        home: cx.sh.backends.clone(),
-        host: host.to_owned(),
-        port,
-        trailers: Vec::new(),
-    };
-    if body.framing.done() {
-        body.finish();
-    }
-    let mut resp = http::Response::new(http_body_util::BodyExt::boxed(body));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
-    Ok(resp)
-}
-
-/// Header fields, given as (name, value) ranges of `raw`, as a header map whose values are
-/// slices of `raw` (no allocation per value). Fields that are not valid names or values are left
-/// out.
-fn header_map(raw: &bytes::Bytes, fields: impl Iterator<Item = (Range<usize>, Range<usize>)>) -> http::HeaderMap {
-    let mut map = http::HeaderMap::with_capacity(fields.size_hint().1.unwrap_or(0));
-    for (n, v) in fields {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(&raw[n]), HeaderValue::from_maybe_shared(raw.slice(v))) {
-            map.append(n, v);
-        }
-    }
-    map
-}
-
-/// A response body read from a pooled backend connection by its framing (chunked bodies are
-/// decoded); the connection returns to the pool once the body is through.
-struct PoolBody {
-    stream: Option<TcpStream>,
-    buf: bytes::BytesMut,
-    framing: Framing,
-    keep: bool,
-    home: Arc<super::Backends>,
-    host: String,
-    port: u16,
-    /// The trailer section of a chunked body, raw, until the body ends.
-    trailers: Vec<u8>,
-}
-
-impl PoolBody {
-    /// The collected trailer fields as a trailers frame (once), if there were any.
-    fn trailer_frame(&mut self) -> Option<hyper::body::Frame<bytes::Bytes>> {
-        let raw = bytes::Bytes::from(std::mem::take(&mut self.trailers));
-        if raw.len() <= 2 {
-            return None; // none, or only the final empty line
-        }
-        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&raw, &mut hs) else { return None };
-        let fields = fields.iter().map(|f| (range_in(&raw, f.name.as_bytes()), range_in(&raw, f.value)));
-        Some(hyper::body::Frame::trailers(header_map(&raw, fields)))
-    }
-
-    fn finish(&mut self) {
-        if let Some(stream) = self.stream.take() {
-            if self.keep && self.buf.is_empty() {
-                self.home.pool.put(Kept { stream, host: std::mem::take(&mut self.host), port: self.port });
-            }
-        }
-    }
-
-    fn fail(&mut self, why: &str) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, super::BoxError>>> {
-        self.stream = None;
-        self.framing = Framing::None;
-        Poll::Ready(Some(Err(why.into())))
-    }
-}
-
-impl hyper::body::Body for PoolBody {
-    type Data = bytes::Bytes;
-    type Error = super::BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, super::BoxError>>> {
-        let this = &mut *self;
-        loop {
-            if this.framing.done() {
-                this.finish();
-                return Poll::Ready(this.trailer_frame().map(Ok));
-            }
-            if !this.buf.is_empty() {
-                let (k, data) = match &mut this.framing {
-                    Framing::Chunked(c) => {
-                        let in_trailers = c.in_trailers();
-                        match c.step(&this.buf) {
-                            Ok((k, data)) => {
-                                if in_trailers {
-                                    if this.trailers.len() + k > MAX_HEAD {
-                                        return this.fail("trailer section from the backend too large");
-                                    }
-                                    this.trailers.extend_from_slice(&this.buf[..k]);
-                                }
-                                (k, data)
-                            }
-                            Err(_) => return this.fail("malformed chunked body from the backend"),
-                        }
-                    }
-                    f => (f.take(&this.buf).unwrap_or(0), true),
-                };
-                let part = this.buf.split_to(k);
-                if data && k > 0 {
-                    if this.framing.done() {
-                        this.finish();
-                    }
-                    return Poll::Ready(Some(Ok(hyper::body::Frame::data(part.freeze()))));
-                }
-                continue;
-            }
-            let Some(stream) = this.stream.as_mut() else { return Poll::Ready(None) };
-            if this.buf.capacity() < 1024 {
-                this.buf.reserve(BUF);
-            }
-            match tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut this.buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) if this.framing == Framing::UntilClose => {
-                    this.stream = None;
-                    this.framing = Framing::None;
-                }
-                Poll::Ready(Ok(0)) => return this.fail("the backend closed before the body ended"),
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(_)) => return this.fail("reading the body from the backend failed"),
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.framing.done() && self.trailers.is_empty()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        match self.framing {
-            Framing::Length(n) => hyper::body::SizeHint::with_exact(n),
-            Framing::None => hyper::body::SizeHint::with_exact(0),
-            _ => hyper::body::SizeHint::default(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,19 +8,20 @@
 //! directions; nothing is buffered whole.
 
 mod access;
-mod chunked;
+pub(crate) mod chunked;
 pub mod error;
 mod h1;
 mod h2front;
 pub mod headers;
 pub mod plan;
+pub(crate) mod wire;
 mod ws;
 
+use crate::upstream::Backends;
 pub use access::RateLimiter;
 pub use error::HttpError;
 use plan::{Answer, Outcome, RequestFacts};
 
-use crate::config::ProxyOptions;
 use crate::conn::{ConnRecord, Termination};
 use crate::context::EngineContext;
 use crate::detect::TlsVersion;
@@ -31,8 +32,6 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -44,63 +43,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Errors of response bodies (hyper's own, or the fast path's pooled-connection bodies).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-type BackendClient = Client<Connector, ProxyBody>;
 
 /// How long a client may take to send a request head (slowloris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle pooled backend connections are closed after this long (hyper's default).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Pooled clients to backends: HTTP/1.1 and HTTP/2, each able to speak plain HTTP or TLS.
-pub struct Backends {
-    /// Idle HTTP/1.1 backend connections of the fast path.
-    pool: h1::Pool,
-    h1: BackendClient,
-    h2: BackendClient,
-    tls_h1: Arc<rustls::ClientConfig>,
-}
-
-impl Backends {
-    /// `verify`: check backend certificates (Mozilla roots + `extra_roots`); else accept any.
-    pub fn new(
-        verify: bool,
-        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
-        o: &ProxyOptions,
-    ) -> Result<Self, String> {
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(o.no_delay);
-        tcp.set_connect_timeout(Some(o.connection_timeout));
-        if o.keep_alive {
-            tcp.set_keepalive(Some(o.keep_alive_initial_delay.max(Duration::from_secs(1))));
-        }
-        let tls_h1 = crate::tls::client_config(verify, extra_roots, false)?;
-        // hyper-rustls sets ALPN itself (and asserts the config has none).
-        let mut bare = (*tls_h1).clone();
-        bare.alpn_protocols.clear();
-        let c1 = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(bare.clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp.clone());
-        let c2 = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(bare)
-            .https_or_http()
-            .enable_http2()
-            .wrap_connector(tcp);
-        let mut b1 = Client::builder(TokioExecutor::new());
-        b1.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new());
-        let mut b2 = Client::builder(TokioExecutor::new());
-        b2.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).http2_only(true);
-        Ok(Backends { pool: h1::Pool::default(), h1: b1.build(c1), h2: b2.build(c2), tls_h1 })
-    }
-}
 
 /// Per-connection facts every request of the connection shares.
 pub struct HttpConn {
@@ -353,7 +302,15 @@ where
     } else if !reencrypt && routed.own_backends().is_none() && !backend_h2 && req.body().is_end_stream() {
         // No body (HTTP/2 GETs, mostly): the fast path's backend connections, no hyper client.
         let (parts, _) = req.into_parts();
-        h1::send_bodyless(cx, &routed.target.host, routed.target.port, &parts, &path_and_query, wait).await?
+        crate::upstream::http1::send_bodyless(
+            &cx.sh,
+            &routed.target.host,
+            routed.target.port,
+            &parts,
+            &path_and_query,
+            wait,
+        )
+        .await?
     } else {
         let t = &routed.target;
         let authority = if t.host.contains(':') && !t.host.starts_with('[') {
@@ -401,28 +358,10 @@ async fn upgrade_request(
     path_and_query: &str,
     limits: ws::WsLimits,
 ) -> Result<Response<ProxyBody>, HttpError> {
-    let o = &cx.sh.options;
-    let tcp = match tokio::time::timeout(o.connection_timeout, TcpStream::connect((target.host.as_str(), target.port)))
-        .await
-    {
-        Err(_) => return Err(HttpError::ConnectTimeout),
-        Ok(Err(e)) => return Err(HttpError::from_connect(&e)),
-        Ok(Ok(s)) => s,
-    };
-    let _ = tcp.set_nodelay(true);
     parts.uri = path_and_query.parse().map_err(|_| HttpError::BadRequest)?;
     parts.version = Version::HTTP_11;
     let breq = Request::from_parts(parts, Empty::<Bytes>::new());
-    let mut resp = match tls {
-        Some(cfg) => {
-            let name =
-                rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|_| HttpError::BackendBroken)?;
-            let stream =
-                tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|_| HttpError::BackendBroken)?;
-            exchange(stream, breq).await?
-        }
-        None => exchange(tcp, breq).await?,
-    };
+    let mut resp = crate::upstream::upgrade(&cx.sh, target, tls, breq).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (parts, body) = resp.into_parts();
         return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));
@@ -447,18 +386,6 @@ async fn upgrade_request(
     *cx.upgraded.lock().unwrap_or_else(|p| p.into_inner()) = Some(relay);
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, Empty::new().map_err(|e| match e {}).boxed()))
-}
-
-async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, HttpError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|_| HttpError::BackendBroken)?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    sender.send_request(req).await.map_err(|_| HttpError::BackendBroken)
 }
 
 /// Counts bytes both ways on the client connection and notes activity for the idle timer. A
@@ -492,13 +419,6 @@ impl<IO> Counted<IO> {
         self.held = true;
         cx.waker().wake_by_ref();
         true
-    }
-}
-
-impl Backends {
-    /// Closes the idle pooled backend connections (the proxy is stopping).
-    pub fn clear_pool(&self) {
-        self.pool.clear();
     }
 }
 
@@ -588,6 +508,7 @@ mod size_tests {
     /// (async fn arguments moved or pinned into locals are stored twice).
     #[test]
     fn idle_connection_state_stays_small() {
+        use tokio::net::TcpStream;
         type Tls = tokio_rustls::server::TlsStream<TcpStream>;
         let stream = std::mem::size_of::<Tls>();
         let outer = future_size(serve::<Tls>);

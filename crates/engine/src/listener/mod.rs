@@ -1,9 +1,6 @@
 //! Listening sockets and accept loops. One accept loop per bound port; each accepted connection
-//! becomes a task tracked for graceful shutdown. Port reference counting lives in [`crate::proxy`].
-
-mod connection;
-
-pub use connection::effective_timeouts;
+//! becomes a task (tracked for graceful shutdown) that [`crate::dispatch`] runs. Which ports are
+//! bound, and their reference counts, is [`crate::proxy`]'s business.
 
 use crate::context::EngineContext;
 use std::io;
@@ -49,7 +46,7 @@ pub async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<EngineCon
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let sh = shared.clone();
-                    shared.tracker.spawn(connection::handle(stream, peer, port, sh));
+                    shared.tracker.spawn(crate::dispatch::handle(stream, peer, port, sh));
                 }
                 Err(e) => {
                     // Out of descriptors or memory: back off instead of spinning; other errors
@@ -109,7 +106,7 @@ mod tests {
             bridge: None,
             js_calls: crate::js::Calls::new(1, Arc::default()),
             handoffs: Arc::default(),
-            backends: Arc::new(crate::http::Backends::new(false, &[], &o).unwrap()),
+            backends: Arc::new(crate::upstream::Backends::new(false, &[], &o).unwrap()),
             options: Arc::new(o),
             registry: Arc::default(),
             route_states: Default::default(),
@@ -122,7 +119,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (s, peer) = l.accept().await.unwrap();
-        let fut = connection::handle(s, peer, addr.port(), sh);
+        let fut = crate::dispatch::handle(s, peer, addr.port(), sh);
         let size = std::mem::size_of_val(&fut);
         println!("connection future: {size} bytes");
         assert!(size <= 1200, "connection future is {size} bytes");

@@ -1,7 +1,19 @@
-//! The life of one accepted connection (spec §6.5, §7.7):
-//! admission (per-IP limits) → detection (peek, only when a route needs it) → route match →
-//! route security (`ipAllowList`/`ipBlockList`, block wins; `maxConnections`) → target selection
-//! → backend connect (`connectionTimeout`) → relay (inactivity / lifetime timers, shutdown).
+//! Dispatch: the life of one accepted connection (spec §6.5, §7.7), apart from listening.
+//!
+//! 1. **client address**: the effective client address ([`ClientAddr`]), the TCP peer today;
+//!    the PROXY protocol will replace it here, before admission, so that every later step (per-IP
+//!    limits, IP rules, `X-Forwarded-For`, metrics) sees the real client.
+//! 2. **admission**: per-IP connection count and rate (`maxConnectionsPerIP`,
+//!    `connectionRateLimitPerMinute`), the connection registered on the books.
+//! 3. **detection**: peek at the first bytes, only when a route on the port needs them (TLS
+//!    ClientHello: SNI, version; HTTP request head: host, path, headers).
+//! 4. **plan**: route match, route security (`ipAllowList`/`ipBlockList`, block wins;
+//!    `maxConnections`), and what serves the connection: a layer-4 relay to a target, TLS
+//!    termination then HTTP, plain HTTP, or a JavaScript socket handler.
+//! 5. **relay**: backend connect ([`crate::upstream::connect_tcp`], `connectionTimeout`) and the
+//!    byte relay under inactivity and lifetime timers, or the HTTP layer, until either side
+//!    closes or the proxy stops.
+//!
 //! Every exit path records a [`Termination`] on the connection's guard.
 
 use crate::config::{KeepAliveTreatment, ProxyOptions, RouteSecurity, MAX_TIMER_MS};
@@ -9,6 +21,7 @@ use crate::conn::{ConnGuard, ConnRecord, IpLimits, Termination};
 use crate::context::EngineContext;
 use crate::matching::{is_authorized, normalize_ip, Early, MatchInput, SelectedTarget};
 use crate::tcp::{self, peek_initial, Initial, PeekError, RelayEnd};
+use crate::upstream::ConnectFailure;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,14 +34,31 @@ const ALERT_HANDSHAKE_FAILURE: u8 = 40;
 const ALERT_DECODE_ERROR: u8 = 50;
 const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 
-pub(super) async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<EngineContext>) {
-    let ip = normalize_ip(peer.ip());
+/// The client a connection is accounted to.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl ClientAddr {
+    /// The effective client of a connection accepted from `peer`: the peer itself (IPv4-mapped
+    /// IPv6 addresses as IPv4). The PROXY protocol hooks in here.
+    fn of(peer: SocketAddr) -> Self {
+        ClientAddr { ip: normalize_ip(peer.ip()), port: peer.port() }
+    }
+}
+
+/// Runs one accepted connection to its end.
+pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<EngineContext>) {
+    let client = ClientAddr::of(peer);
+    let ip = client.ip;
     let o = &sh.options;
     let limits = IpLimits { max_per_ip: o.max_connections_per_ip, rate_per_minute: o.connection_rate_limit_per_minute };
-    let mut guard = match sh.registry.open(ip, peer.port(), port, limits) {
+    let mut guard = match sh.registry.open(ip, client.port, port, limits) {
         Ok(g) => g,
         Err(reason) => {
-            sh.debug(|| format!("refused {ip}:{} on port {port}: {}", peer.port(), reason.as_str()));
+            sh.debug(|| format!("refused {ip}:{} on port {port}: {}", client.port, reason.as_str()));
             return;
         }
     };
@@ -114,19 +144,13 @@ async fn serve(
         Plan::Relay(t) => t,
     };
     // Boxed: connect state (address resolution, timer) is transient.
-    let connect =
-        Box::pin(tokio::time::timeout(o.connection_timeout, TcpStream::connect((target.host.as_str(), target.port))));
-    let backend = match connect.await {
-        Err(_) => return Termination::ConnectTimeout,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Termination::ConnectRefused,
-        Ok(Err(e)) => {
-            sh.debug(|| format!("connect to {}:{} failed: {e}", target.host, target.port));
-            return Termination::ConnectFailed;
-        }
-        Ok(Ok(s)) => s,
+    let backend = match Box::pin(crate::upstream::connect_tcp(sh, &target.host, target.port)).await {
+        Ok(s) => s,
+        Err(ConnectFailure::Timeout) => return Termination::ConnectTimeout,
+        Err(ConnectFailure::Refused) => return Termination::ConnectRefused,
+        Err(ConnectFailure::Other) => return Termination::ConnectFailed,
     };
     guard.rec.set_target(target.host, target.port);
-    tcp::apply(&backend, sh.socket_options());
     relay_timed(&stream, &backend, &guard.rec, idle, lifetime, o.enable_half_open).await
 }
 

@@ -1,0 +1,149 @@
+//! Everything towards backends, in one place: the default and per-route backend clients
+//! ([`Backends`]: hyper's HTTP/1.1 and HTTP/2 clients with TLS for re-encryption, and the raw
+//! HTTP/1.1 connection pool of [`http1`]), connecting with `connectionTimeout` and the proxy's
+//! socket options, and the backend side of upgraded (WebSocket) requests. The layer-4 relay
+//! connects through [`connect_tcp`] too. Failures come back as [`HttpError`]s (or the
+//! connect's termination reason at layer 4).
+
+pub mod http1;
+
+use crate::config::ProxyOptions;
+use crate::context::EngineContext;
+use crate::http::{HttpError, ProxyBody};
+use crate::matching::SelectedTarget;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::Response;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type BackendClient = Client<Connector, ProxyBody>;
+
+/// Idle pooled backend connections of hyper's clients are closed after this long (hyper's default).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Pooled clients to backends: HTTP/1.1 and HTTP/2, each able to speak plain HTTP or TLS.
+pub struct Backends {
+    /// Idle HTTP/1.1 backend connections of the fast path.
+    pub(crate) pool: http1::Pool,
+    pub(crate) h1: BackendClient,
+    pub(crate) h2: BackendClient,
+    pub(crate) tls_h1: Arc<rustls::ClientConfig>,
+}
+
+impl Backends {
+    /// `verify`: check backend certificates (Mozilla roots + `extra_roots`); else accept any.
+    pub fn new(
+        verify: bool,
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+        o: &ProxyOptions,
+    ) -> Result<Self, String> {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(o.no_delay);
+        tcp.set_connect_timeout(Some(o.connection_timeout));
+        if o.keep_alive {
+            tcp.set_keepalive(Some(o.keep_alive_initial_delay.max(Duration::from_secs(1))));
+        }
+        let tls_h1 = crate::tls::client_config(verify, extra_roots, false)?;
+        // hyper-rustls sets ALPN itself (and asserts the config has none).
+        let mut bare = (*tls_h1).clone();
+        bare.alpn_protocols.clear();
+        let c1 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(bare.clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp.clone());
+        let c2 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(bare)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(tcp);
+        let mut b1 = Client::builder(TokioExecutor::new());
+        b1.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new());
+        let mut b2 = Client::builder(TokioExecutor::new());
+        b2.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).http2_only(true);
+        Ok(Backends { pool: http1::Pool::default(), h1: b1.build(c1), h2: b2.build(c2), tls_h1 })
+    }
+}
+
+impl Backends {
+    /// Closes the idle pooled backend connections (the proxy is stopping).
+    pub fn clear_pool(&self) {
+        self.pool.clear();
+    }
+}
+
+/// Why a layer-4 backend connect failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Timeout,
+    Refused,
+    Other,
+}
+
+/// Connects to a backend within `connectionTimeout`, with the proxy's socket options.
+pub async fn connect_tcp(sh: &EngineContext, host: &str, port: u16) -> Result<TcpStream, ConnectFailure> {
+    match tokio::time::timeout(sh.options.connection_timeout, TcpStream::connect((host, port))).await {
+        Err(_) => Err(ConnectFailure::Timeout),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(ConnectFailure::Refused),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => Err(ConnectFailure::Timeout),
+        Ok(Err(e)) => {
+            sh.debug(|| format!("connect to {host}:{port} failed: {e}"));
+            Err(ConnectFailure::Other)
+        }
+        Ok(Ok(s)) => {
+            crate::tcp::apply(&s, sh.socket_options());
+            Ok(s)
+        }
+    }
+}
+
+/// [`connect_tcp`] for HTTP: failures as [`HttpError`]s.
+pub(crate) async fn connect(sh: &EngineContext, host: &str, port: u16) -> Result<TcpStream, HttpError> {
+    connect_tcp(sh, host, port).await.map_err(|f| match f {
+        ConnectFailure::Timeout => HttpError::ConnectTimeout,
+        ConnectFailure::Refused | ConnectFailure::Other => HttpError::BackendUnreachable,
+    })
+}
+
+/// Sends an upgrade request (WebSocket) on a fresh backend connection, over TLS when `tls` is
+/// given (re-encryption), and returns the backend's answer (a `101` carries the upgrade).
+pub(crate) async fn upgrade(
+    sh: &EngineContext,
+    target: &SelectedTarget,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    req: Request<Empty<Bytes>>,
+) -> Result<Response<Incoming>, HttpError> {
+    let tcp = connect(sh, &target.host, target.port).await?;
+    match tls {
+        Some(cfg) => {
+            let name =
+                rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|_| HttpError::BackendBroken)?;
+            let stream =
+                tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|_| HttpError::BackendBroken)?;
+            exchange(stream, req).await
+        }
+        None => exchange(tcp, req).await,
+    }
+}
+
+async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, HttpError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|_| HttpError::BackendBroken)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    sender.send_request(req).await.map_err(|_| HttpError::BackendBroken)
+}
