@@ -70,7 +70,7 @@ async function main() {
     stopping = true;
     console.log(`${signal}: stopping`);
     // A proxy that cannot stop within its graceful timeout plus a margin is exited hard.
-    const guard = setTimeout(() => process.exit(1), (proxy.settings.gracefulShutdownTimeout || 30000) + 5000);
+    const guard = setTimeout(() => process.exit(1), proxy.settings.gracefulShutdownTimeout + 5000);
     guard.unref();
     await proxy.stop();
     if (close) await close();

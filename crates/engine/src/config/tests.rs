@@ -203,9 +203,10 @@ fn random_route_mutations_never_panic() {
     let seed = json!([
         {"name": "web", "priority": 5, "match": {"ports": [80, {"from": 8000, "to": 8010}], "domains": ["*.example.com", "example.org"],
           "path": "/api/:version/*", "clientIp": ["10.0.0.0/8", "::1", "192.168.1.*"], "headers": {"x-env": "/^prod$/i", "x-a": "b"}},
+         "headers": {"request": {"X-Route": "{routeName}"}, "response": {"X-Served": "{domain}"}},
          "action": {"type": "forward", "targets": [{"host": ["a", "b"], "port": 81, "match": {"path": "/x/*"}}, {"host": "c", "port": "preserve"}],
-           "headers": {"request": {"X-Route": "{routeName}"}, "response": {"X-Served": "{domain}"}},
-           "urlRewrite": {"pattern": "^/api/(.*)$", "target": "/$1"}, "loadBalancing": {"algorithm": "round-robin"}},
+           "advanced": {"urlRewrite": {"pattern": "^/api/(.*)$", "target": "/$1"}, "timeout": 5000},
+           "loadBalancing": {"algorithm": "round-robin"}},
          "security": {"ipAllowList": ["10.1.2.*", "::1"], "ipBlockList": ["10.0.0.9"], "maxConnections": 10,
            "basicAuth": {"enabled": true, "users": [{"username": "u", "password": "p"}], "realm": "r"},
            "rateLimit": {"enabled": true, "maxRequests": 5, "window": 60}}},
@@ -216,6 +217,13 @@ fn random_route_mutations_never_panic() {
         {"match": {"ports": 9001}, "action": {"type": "forward", "target": {"host": {"$fn": 2}, "port": {"$fn": 3}}}}
     ]);
     let routes = parse_routes(&seed).expect("the seed is valid");
+    // The seed's HTTP options sit where they are read (mutating unread keys would test nothing).
+    let RouteAction::Forward(web) = &routes[0].action;
+    assert_eq!(web.http.request_headers.len(), 1);
+    assert_eq!(web.http.response_headers.len(), 1);
+    assert!(web.http.url_rewrite.is_some() && web.http.request_timeout.is_some());
+    let RouteAction::Forward(tls) = &routes[1].action;
+    assert!(tls.http.websocket.as_ref().is_some_and(|w| w.max_payload.is_some()));
     let head =
         crate::detect::parse_http_head(b"GET /api/v1/users?q=1 HTTP/1.1\r\nHost: a.example.com\r\nX-Env: PROD\r\n\r\n")
             .unwrap();
@@ -290,4 +298,17 @@ fn huge_durations_and_multipliers_are_refused() {
     .unwrap();
     let (idle, _) = crate::dispatch::effective_timeouts(&o, true, 7);
     assert!(idle.is_some());
+}
+
+/// The defaults object is the option table applied to `Default`: fed back in, it parses to the
+/// same options (names and values are written once, so they cannot drift apart).
+#[test]
+fn defaults_round_trip() {
+    let d = ProxyOptions::defaults_json();
+    assert_eq!(d["keepAliveTreatment"], "extended");
+    assert_eq!(d["connectionTimeout"], 30_000);
+    assert_eq!(d["maxConnectionsPerIP"], 100);
+    let (o, warnings) = parse_options(&d).unwrap();
+    assert!(warnings.is_empty());
+    assert_eq!(format!("{o:?}"), format!("{:?}", ProxyOptions::default()));
 }
