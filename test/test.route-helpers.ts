@@ -271,10 +271,16 @@ tap.test('addBasicAuth / addJwtAuth / addRateLimiting routes are enforced per re
     const limited = await req('rl.test');
     expect(limited.status).toEqual(429);
     expect(limited.body).toEqual('slow down');
-    // Not HTTP: an authenticated route is never relayed at layer 4.
+    // Not HTTP: an authenticated route is never relayed at layer 4 (the backend sees nothing).
+    let reached = 0;
+    const count = () => reached++;
+    backend.on('connection', count);
     const s = await h.connect(p);
     s.write('\x00\x01 binary');
     await h.closed(s);
+    await h.sleep(100);
+    backend.off('connection', count);
+    expect(reached).toEqual(0);
   });
 });
 

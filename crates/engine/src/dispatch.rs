@@ -237,11 +237,10 @@ async fn plan(
     }
 
     // Plain HTTP on a port whose routes look at requests: the HTTP layer routes each request.
+    // The route's IP rules are the request plan's here: a refused client gets a 403 answer
+    // (each request of the connection is routed, and checked, on its own).
     if looks_http && !is_tls && table.port_has_plain_http_routes(port) {
         if let Some(route) = idx.map(|i| table.route(i)) {
-            if !check_security(&route.route.security, ip) {
-                return Err(Termination::IpBlocked);
-            }
             guard.set_route(route)?;
         }
         return Ok(Plan::Http);
