@@ -1,9 +1,12 @@
 //! smartproxy-native engine: everything that moves bytes, with no knowledge of Node.js.
 //!
-//! Data flows one way: [`config::ProxyConfig`] (validated from the JSON the binding hands over)
-//! → [`matching::RouteTable`] (compiled once per update) → the listeners and connection tasks in
-//! [`proxy`], which only ever see compiled matchers. The binding crate (`src/` at the workspace
-//! root) converts types and maps errors; it owns no proxy logic.
+//! Data flows one way: [`config`] (options and routes validated from the JSON the binding hands
+//! over) → [`snapshot::Snapshot`] (the compiled [`matching::RouteTable`] and the routes'
+//! certificates, built once per update) → the connection tasks of [`dispatch`] and [`http`],
+//! which only ever see compiled data. Runtime state lives outside snapshots: the running
+//! engine's [`context`], per-route [`state`], the certificate store in [`tls`]. [`proxy`] owns
+//! the lifecycle and the ports. The binding crate (`src/` at the workspace root) converts types
+//! and maps errors; it owns no proxy logic. `docs/architecture.md` walks through it all.
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -12,7 +12,7 @@
 //! unused ones after, waiting until each closed port's socket is gone, so the port is free again
 //! when the call returns; open connections are never touched by it.
 //!
-//! A snapshot is committed in one place ([`Proxy::commit`]): the certificates of its routes go
+//! A snapshot is committed in one place (`Proxy::commit`): the certificates of its routes go
 //! into the certificate store, then the snapshot is swapped in.
 
 use crate::config::{ProxyOptions, Route};

@@ -1,15 +1,17 @@
-//! The HTTP/1.1 fast path: one task per client connection parses each request head in place,
-//! routes it through the current snapshot, writes a rewritten head to a plain-HTTP backend
-//! connection it keeps for the next request, and streams both bodies by their framing
-//! (`Content-Length`, or chunked passed through verbatim). No header maps, no channel hop to a
-//! pooled connection task, no lock per request; the only shared state touched is the snapshot
-//! and, when a client connection starts or ends, the idle backend [`Pool`].
+//! The HTTP/1.1 fast path, client side: one task per client connection parses each request head
+//! in place, asks the request plan ([`super::plan`]) what to do, renders the plan as the head for
+//! the backend (or as the answer to the client), sends it over a plain-HTTP backend connection it
+//! keeps for the next request ([`crate::upstream::http1`]), and relays both bodies by their
+//! framing (`Content-Length`, or chunked passed through verbatim). No header maps, no channel hop
+//! to a pooled connection task, no lock per request; the only shared state touched is the
+//! snapshot and, when a client connection starts or ends, the idle backend pool.
 //!
-//! What this path does not serve is handed to the hyper server together with the bytes read so
-//! far (see [`Counted`]), and hyper keeps the connection from then on: HTTP/2, upgrades
-//! (WebSocket), `Expect` other than `100-continue`, HTTP/1.0, absolute-form targets, transfer
-//! codings other than chunked, and routes that authenticate, rate-limit, answer CORS,
-//! re-encrypt, speak HTTP/2 to the backend or call JavaScript for their target.
+//! What this path does not serve is handed on together with the bytes read so far (see
+//! [`Counted`]): HTTP/2 prior knowledge to the HTTP/2 front end; to the hyper server, which keeps
+//! the connection from then on, upgrades (WebSocket), `Expect` other than `100-continue`,
+//! HTTP/1.0, absolute-form targets, transfer codings other than chunked, and requests whose plan
+//! needs a target function, re-encryption, HTTP/2 to the backend or the route's own verifying
+//! backend clients.
 //!
 //! While a client connection is idle it holds no read buffer (idle memory), only its socket,
 //! the kept backend socket and a few words of state.

@@ -1,11 +1,15 @@
-//! The HTTP layer: a hyper server (HTTP/1.1 with keep-alive, HTTP/2) on plain-HTTP ports and on
-//! TLS-terminated connections, routing **per request** (host + path + headers) through the
-//! current route table snapshot, forwarding to pooled backend connections (HTTP/1.1 by default,
-//! HTTP/2 when the route asks), WebSocket upgrades relayed end to end.
+//! The HTTP layer, on plain-HTTP ports and on TLS-terminated connections. Three front ends
+//! serve clients: the HTTP/1.1 fast path (`h1`, most HTTP/1.1 traffic), the engine's own
+//! HTTP/2 front end (`h2front`, on the h2 crate, for ALPN `h2` and prior knowledge), and
+//! hyper's HTTP/1 server for the rare rest (upgrades, HTTP/1.0, `Expect` other than
+//! `100-continue`, absolute-form targets, and routes whose target is a function or that
+//! re-encrypt or speak HTTP/2 to the backend). Every request is decided by the one request
+//! plan ([`plan`]); backends are reached through [`crate::upstream`].
 //!
-//! Failures map to status codes in one place ([`error_response`]): no route → 404, blocked
-//! client → 403, backend refused or broken → 502, backend too slow → 504. Bodies stream in both
-//! directions; nothing is buffered whole.
+//! Failures are [`HttpError`]s, mapped to statuses in one place ([`error`]): no route → 404,
+//! refused client → 403, backend unreachable or broken → 502, backend too slow → 504. Bodies
+//! stream in both directions; nothing is buffered whole. WebSocket upgrades stay in the
+//! connection's own task until they close ([`HttpConn::upgraded`]).
 
 mod access;
 pub(crate) mod chunked;
@@ -83,8 +87,8 @@ impl HttpConn {
 
 /// Serves HTTP on `io` until the client leaves, the idle limit passes, or the proxy stops.
 ///
-/// HTTP/1.1 requests go through the fast path ([`h1`]); HTTP/2 (ALPN or prior knowledge) and
-/// the rarer HTTP/1 cases (upgrades, `Expect`, HTTP/1.0, routes with authentication, CORS,
+/// HTTP/1.1 requests go through the fast path (`h1`); HTTP/2 (ALPN or prior knowledge) goes to
+/// the HTTP/2 front end (`h2front`); the rarer HTTP/1 cases (upgrades, `Expect`, HTTP/1.0,
 /// re-encryption, HTTP/2 backends or target functions) are handed to the hyper server, which
 /// then keeps the connection.
 ///

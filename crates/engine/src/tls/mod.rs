@@ -1,5 +1,5 @@
-//! TLS: certificates (PEM → rustls `CertifiedKey` in [`pem`], checked at validation time), the
-//! certificate store and its per-port SNI resolvers ([`store`]), the engine's lifetime TLS
+//! TLS: certificates (PEM → rustls `CertifiedKey` in `pem`, checked at validation time), the
+//! certificate store and its per-port SNI resolvers (`store`), the engine's lifetime TLS
 //! state ([`TlsContext`]: server configurations, ticket key, session cache), and the client
 //! configurations used for re-encryption to backends.
 //!

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 client on raw backend connections (no hyper): idle-connection pool, send a
 //! request and read the response head (with one retry of a stale pooled connection), the
-//! response body as a hyper body ([`PoolBody`]) for the HTTP/2 front end and the hyper path.
+//! response body as a hyper body (`PoolBody`) for the HTTP/2 front end and the hyper path.
 //! The HTTP/1.1 fast path ([`crate::http`]'s `h1`) drives these for its own exchanges.
 
 use super::{connect, Backends};
