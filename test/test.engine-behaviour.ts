@@ -219,6 +219,34 @@ tap.test('an idle WebSocket is closed by inactivityTimeout, an active one stays'
   await new Promise((r) => server.close(r));
 });
 
+tap.test('backend failures through the hyper client: unreachable → 502, silent past advanced.timeout → 504', async () => {
+  const [port, dead] = await h.freePorts(2); // nothing listens on `dead`
+  const silent = net.createServer((c) => c.on('error', () => {})); // accepts, never answers
+  await new Promise<void>((r) => silent.listen(0, h.HOST, () => r()));
+  const silentPort = (silent.address() as net.AddressInfo).port;
+  const viaHyper = { backendProtocol: 'http2' as const }; // HTTP/2 to the backend: hyper's client
+  const p = new SmartProxy({
+    routes: [
+      { name: 'dead', match: { ports: port, domains: 'dead.test' }, action: { type: 'forward', target: { host: h.HOST, port: dead }, options: viaHyper } },
+      {
+        name: 'silent',
+        match: { ports: port, domains: 'silent.test' },
+        action: { type: 'forward', target: { host: h.HOST, port: silentPort }, options: viaHyper, advanced: { timeout: 300 } },
+      },
+    ],
+  });
+  await p.start();
+  const dead502 = await get(port, 'dead.test');
+  expect(dead502.status).toEqual(502);
+  expect(dead502.body).toEqual('Bad Gateway: the backend could not be reached\n');
+  const t0 = Date.now();
+  const slow = await get(port, 'silent.test');
+  expect(slow.status).toEqual(504);
+  expect(Date.now() - t0).toBeLessThan(3000);
+  await p.stop();
+  await new Promise((r) => silent.close(r));
+});
+
 tap.test('teardown', async () => {
   await greeter.close();
   await new Promise((r) => web.close(r));

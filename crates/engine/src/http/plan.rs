@@ -169,9 +169,10 @@ pub fn plan(snap: &Snapshot, cx: &HttpConn, req: &RequestFacts) -> Result<Outcom
         }
     };
     let http = route.as_deref().map(|r| &r.forward().http);
-    let origin = req.header("origin");
-    // 5: CORS preflight.
     let cors = http.and_then(|h| h.cors.as_ref());
+    // Looked up only when a rule reads it (a scan of the request's fields).
+    let origin = if cors.is_some() || req.upgrade { req.header("origin") } else { None };
+    // 5: CORS preflight.
     if let Some(c) = cors {
         if c.preflight && req.method == "OPTIONS" && req.header("access-control-request-method").is_some() {
             let mut headers = Vec::new();
@@ -290,6 +291,9 @@ fn check_access(route: &CompiledRoute, cx: &HttpConn, req: &RequestFacts) -> Opt
             a.headers.push((header::RETRY_AFTER, HeaderValue::from(rule.window.as_secs().max(1))));
             return Some(a);
         }
+    }
+    if sec.basic_auth.is_none() && sec.jwt_auth.is_none() {
+        return None;
     }
     let authorization = req.header("authorization");
     let unauthorized = |challenge: HeaderValue| {
