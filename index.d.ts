@@ -81,7 +81,12 @@ export interface IRouteAcme {
   useProduction?: boolean;
   challengePort?: number;
   renewBeforeDays?: number;
+  /** smartproxy-native: the challenge for this route (default: `acme.challenge`). Only `'http-01'` is built yet. */
+  challenge?: TAcmeChallenge;
 }
+
+/** How the CA validates a name. smartproxy-native answers `'http-01'`; the others are refused with `ERR_NOT_SUPPORTED` for now. */
+export type TAcmeChallenge = 'http-01' | 'tls-alpn-01' | 'dns-01';
 
 export interface IRouteTls {
   mode: TTlsMode;
@@ -232,6 +237,12 @@ export interface IAcmeOptions {
   skipConfiguredCerts?: boolean;
   renewCheckIntervalHours?: number;
   routeForwards?: any[];
+  /** smartproxy-native: any RFC 8555 directory (ZeroSSL, step-ca, Pebble…); overrides `useProduction`. Default: Let's Encrypt staging, or production with `useProduction`. */
+  directoryUrl?: string;
+  /** smartproxy-native: PEM of the roots that sign the directory's HTTPS certificate, trusted besides the system's. */
+  directoryCa?: string;
+  /** smartproxy-native: the challenge of every `'auto'` route (default `'http-01'`). */
+  challenge?: TAcmeChallenge;
 }
 
 /** `@tsclass/tsclass` network.ICert. */

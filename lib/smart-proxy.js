@@ -9,17 +9,6 @@ const native = require('../binding.js');
 const { callNative, notSupported } = require('./errors.js');
 const { routesToJson, optionsToJson, defined, FunctionRegistry } = require('./normalize.js');
 
-const ACME_DEFAULTS = {
-  enabled: true,
-  port: 80,
-  useProduction: false,
-  renewThresholdDays: 30,
-  autoRenew: true,
-  certificateStore: './certs',
-  skipConfiguredCerts: false,
-  renewCheckIntervalHours: 24,
-};
-
 const METRICS_DEFAULTS = { enabled: true, sampleIntervalMs: 1000, retentionSeconds: 3600 };
 
 function isIpLike(d) {
@@ -35,7 +24,7 @@ class SmartProxy extends EventEmitter {
     const settings = { ...native.engineDefaults(), ...defined(settingsArg) };
     settings.routes = settingsArg.routes ?? [];
     if (settings.acme) {
-      const acme = { ...ACME_DEFAULTS, ...defined(settings.acme) };
+      const acme = { ...native.acmeDefaults(), ...defined(settings.acme) };
       if (!acme.email && acme.accountEmail) acme.email = acme.accountEmail;
       settings.acme = acme;
     }
@@ -55,6 +44,14 @@ class SmartProxy extends EventEmitter {
   }
 
   _onEvent(ev) {
+    if (ev && ev.kind && ev.kind.startsWith('certificate-') && ev.data) {
+      // certificate-issued / -renewed / -failed: { routeName, domain, expiryDate, source, error? }
+      const d = JSON.parse(ev.data);
+      const payload = { routeName: d.routeName, domain: d.domain, expiryDate: d.expiryDate == null ? undefined : new Date(d.expiryDate), source: d.source };
+      if (d.error) payload.error = d.error;
+      this.emit(ev.kind, payload);
+      return;
+    }
     if (!ev || ev.kind !== 'log') return;
     if (ev.level === 'debug' && !this.settings.enableDetailedLogging) return;
     const line = `[smartproxy] ${ev.message}`;
@@ -146,7 +143,9 @@ class SmartProxy extends EventEmitter {
     return this._enqueue(async () => {
       this._functions.begin();
       const routes = routesToJson(newRoutes, this._functions);
-      await callNative(() => this._native.updateRoutes(routes));
+      // Before start(), the routes are only validated: against the options start() will use.
+      const options = this._native.isRunning() ? undefined : optionsToJson(this.settings, this._functions);
+      await callNative(() => this._native.updateRoutes(routes, options));
       this._functions.commit();
       this.settings.routes = newRoutes;
     });
@@ -243,17 +242,29 @@ class SmartProxy extends EventEmitter {
     return [...out];
   }
 
-  /** No certificate manager exists yet (no route can use ACME), so there is no status. */
-  getCertificateStatus(_routeName) {
-    return undefined;
+  /**
+   * The certificate status of a route that terminates TLS: `'auto'` routes report their ACME
+   * state, routes with a configured certificate its X.509 validity (`source: 'static'`).
+   * `undefined` for other routes and while the proxy is stopped.
+   */
+  getCertificateStatus(routeName) {
+    const s = this._native.certificateStatus(routeName);
+    if (!s) return undefined;
+    const out = { domain: s.domain, status: s.status, source: s.source };
+    if (s.expiryDate != null) out.expiryDate = new Date(s.expiryDate);
+    if (s.issueDate != null) out.issueDate = new Date(s.issueDate);
+    if (s.error) out.error = s.error;
+    return out;
   }
 
-  async provisionCertificate(_routeName) {
-    throw notSupported('provisionCertificate (ACME)');
+  /** Orders the certificate of a `certificate: 'auto'` route now; resolves once it is served. */
+  async provisionCertificate(routeName) {
+    await callNative(() => this._native.provisionCertificate(routeName));
   }
 
-  async renewCertificate(_routeName) {
-    throw notSupported('renewCertificate (ACME)');
+  /** Renews the certificate of a `certificate: 'auto'` route now (a new order). */
+  async renewCertificate(routeName) {
+    await callNative(() => this._native.provisionCertificate(routeName));
   }
 
   /** No route can use nftables yet (the engine refuses them), so no rule set exists. */

@@ -14,12 +14,15 @@ use napi_derive::napi;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 
-/// An engine event as JavaScript sees it.
+/// An engine event as JavaScript sees it: `kind` is `log` (with `level` and `message`) or a
+/// certificate event (`certificate-issued`, `-renewed`, `-failed`) with its payload as JSON text
+/// in `data`.
 #[napi(object)]
 pub struct NativeEvent {
     pub kind: String,
     pub level: String,
     pub message: String,
+    pub data: Option<String>,
 }
 
 /// A connection handed to a JavaScript socket handler: claim `fd` with `claimSocket(connId)`.
@@ -89,8 +92,21 @@ impl EventSink for JsSink {
     fn emit(&self, event: Event) {
         let f = self.tsfn.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(f) = f {
-            let Event::Log { level, message } = event;
-            let ev = NativeEvent { kind: "log".into(), level: level.as_str().into(), message };
+            let ev = match event {
+                Event::Log { level, message } => {
+                    NativeEvent { kind: "log".into(), level: level.as_str().into(), message, data: None }
+                }
+                Event::Certificate(c) => {
+                    let data = json!({
+                        "routeName": c.route,
+                        "domain": c.domain,
+                        "expiryDate": c.expiry_ms,
+                        "source": c.source,
+                        "error": c.error,
+                    });
+                    NativeEvent { kind: c.kind.into(), level: "info".into(), message: String::new(), data: Some(data.to_string()) }
+                }
+            };
             let _ = f.call(ev, ThreadsafeFunctionCallMode::NonBlocking);
         }
     }
@@ -120,6 +136,12 @@ fn routes_from(text: &str) -> Result<Vec<engine::config::Route>> {
 #[napi]
 pub fn engine_defaults() -> Value {
     ProxyOptions::defaults_json()
+}
+
+/// The `acme` option defaults, merged into `SmartProxy.settings.acme` when `acme` is given.
+#[napi]
+pub fn acme_defaults() -> Value {
+    engine::config::AcmeOptions::defaults_json()
 }
 
 /// One engine proxy instance.
@@ -177,10 +199,36 @@ impl NativeProxy {
         r.map_err(engine_err)
     }
 
+    /// Replaces the routes of a running proxy; before `start()` only validates them, against
+    /// `options_json` (the options `start()` will get) when given.
     #[napi]
-    pub async fn update_routes(&self, routes_json: String) -> Result<()> {
+    pub async fn update_routes(&self, routes_json: String, options_json: Option<String>) -> Result<()> {
         let routes = routes_from(&routes_json)?;
-        self.inner.update_routes(routes).await.map_err(engine_err)
+        let options = match options_json {
+            Some(text) => Some(parse_options(&parse_json(&text, "options")?).map_err(config_err)?.0),
+            None => None,
+        };
+        self.inner.update_routes(routes, options).await.map_err(engine_err)
+    }
+
+    /// The certificate status of a route (`ICertStatus` with dates in ms), or null.
+    #[napi]
+    pub fn certificate_status(&self, route_name: String) -> Option<Value> {
+        let s = self.inner.certificate_status(&route_name)?;
+        Some(json!({
+            "domain": s.domain,
+            "status": s.status,
+            "issueDate": s.issued_ms,
+            "expiryDate": s.expires_ms,
+            "source": s.source,
+            "error": s.error,
+        }))
+    }
+
+    /// Orders the certificate of a `certificate: 'auto'` route now; resolves once it is served.
+    #[napi]
+    pub async fn provision_certificate(&self, route_name: String) -> Result<()> {
+        self.inner.provision_certificate(&route_name).await.map_err(engine_err)
     }
 
     #[napi]

@@ -32,6 +32,8 @@ pub struct EngineContext {
     pub route_states: RouteStates,
     /// Certificates, ticket key, session cache and server configurations, for the run's life.
     pub tls: TlsContext,
+    /// Certificates of `'auto'` routes: orders, HTTP-01 answers, status, renewal.
+    pub acme: Arc<crate::acme::Acme>,
     pub events: Arc<dyn EventSink>,
     /// Cancelled by `stop()`: every connection closes.
     pub shutdown: CancellationToken,

@@ -171,7 +171,11 @@ async fn plan(
     let mut first_http_keep_alive = false;
     let mut looks_http = false;
     let mut initial_http: Option<&crate::detect::HttpHead> = None;
-    let idx = match table.early(port, ip) {
+    // While HTTP-01 validations are out, their port looks at every connection's first bytes, so
+    // that no route (a redirect, a socket handler, a layer-4 forward) swallows the CA's request.
+    let acme_port = sh.acme.answers_on(port);
+    let early = if acme_port { Early::NeedData } else { table.early(port, ip) };
+    let idx = match early {
         Early::Route(i) => Some(i),
         Early::NoMatch => None,
         Early::NeedData => {
@@ -194,6 +198,10 @@ async fn plan(
                     }
                     input.domain = h.sni.as_deref();
                     input.tls_version = h.version;
+                }
+                Initial::Http(h) if acme_port && h.path.starts_with(crate::acme::CHALLENGE_PREFIX) => {
+                    // The HTTP layer answers it (the request plan's first step).
+                    return Ok(Plan::Http);
                 }
                 Initial::Http(h) => {
                     looks_http = true;
@@ -233,6 +241,14 @@ async fn plan(
             send_alert(client, ALERT_UNRECOGNIZED_NAME).await;
             return Err(Termination::TlsError);
         };
+        if route.forward().tls.as_ref().is_some_and(|t| t.acme.is_some())
+            && sh.tls.store.lookup(port, input.domain).is_none()
+        {
+            // An 'auto' route whose certificate is not issued yet: the same alert as an unknown
+            // name, never another route's certificate.
+            send_alert(client, ALERT_UNRECOGNIZED_NAME).await;
+            return Err(Termination::TlsError);
+        }
         return Ok(Plan::Tls { cfg, sni: input.domain.map(str::to_owned), version: input.tls_version });
     }
 

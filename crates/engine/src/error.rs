@@ -46,6 +46,12 @@ pub enum EngineError {
     Runtime(std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A bad argument to an API call (an unknown route name, say).
+    #[error("{0}")]
+    InvalidArg(String),
+    /// A certificate could not be obtained (the reason from the CA or the store).
+    #[error("certificate: {0}")]
+    Certificate(String),
 }
 
 impl EngineError {
@@ -57,6 +63,8 @@ impl EngineError {
             EngineError::NotRunning => "ERR_NOT_RUNNING",
             EngineError::Runtime(_) => "ERR_RUNTIME",
             EngineError::Internal(_) => "ERR_INTERNAL",
+            EngineError::InvalidArg(_) => "ERR_INVALID_ARG",
+            EngineError::Certificate(_) => "ERR_CERTIFICATE",
         }
     }
 }

@@ -21,10 +21,25 @@ impl LogLevel {
     }
 }
 
+/// A certificate was issued, renewed, or failed (`SmartProxy` emits `kind` with the rest).
+#[derive(Debug, Clone)]
+pub struct CertEvent {
+    /// `certificate-issued`, `certificate-renewed` or `certificate-failed`.
+    pub kind: &'static str,
+    pub route: String,
+    pub domain: String,
+    /// `notAfter` of the certificate now served, ms since the epoch.
+    pub expiry_ms: Option<i64>,
+    /// `acme` or `custom`.
+    pub source: String,
+    pub error: Option<String>,
+}
+
 /// Something worth telling the embedder about.
 #[derive(Debug, Clone)]
 pub enum Event {
     Log { level: LogLevel, message: String },
+    Certificate(CertEvent),
 }
 
 /// Receiver of engine events. Implementations must not block.

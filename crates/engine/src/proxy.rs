@@ -108,6 +108,19 @@ impl Drop for Running {
     }
 }
 
+/// A route's certificate status (upstream's `ICertStatus`).
+#[derive(Debug, Clone)]
+pub struct CertificateStatus {
+    pub domain: String,
+    /// `valid`, `pending`, `expired` or `error`.
+    pub status: &'static str,
+    pub issued_ms: Option<i64>,
+    pub expires_ms: Option<i64>,
+    /// `static`, `acme` or `custom`.
+    pub source: String,
+    pub error: Option<String>,
+}
+
 /// Summary for `getStatistics()`.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyStats {
@@ -161,6 +174,8 @@ impl Proxy {
         let rt = b.thread_name("smartproxy-rt").enable_all().build().map_err(EngineError::Runtime)?;
         let backends = crate::upstream::Backends::new(false, &[], &options).map_err(EngineError::Internal)?;
         let tls = crate::tls::TlsContext::new(options.tls_session_resumption).map_err(EngineError::Internal)?;
+        let shutdown = CancellationToken::new();
+        let acme = crate::acme::Acme::new(rt.handle().clone(), shutdown.clone(), tls.store.clone(), self.events.clone());
         let shared = Arc::new(EngineContext {
             snapshot: self.snapshot.clone(),
             bridge,
@@ -171,20 +186,30 @@ impl Proxy {
             registry: self.registry.clone(),
             route_states: Default::default(),
             tls,
+            acme,
             events: self.events.clone(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
         });
         let mut run = Running { rt: Some(rt), shared, ports: BTreeMap::new() };
         let built = Snapshot::build(routes, &run.shared.options, &run.shared.route_states, &run.shared.tls);
         let applied = match built {
-            Ok(snap) => self.apply(&mut run, Arc::new(snap)).await,
+            Ok(snap) => {
+                let snap = Arc::new(snap);
+                self.apply(&mut run, snap.clone()).await.map(|()| snap)
+            }
             Err(e) => Err(e.into()),
         };
-        if let Err(e) = applied {
-            Self::shutdown_runtime(run).await;
-            return Err(e);
-        }
+        let snap = match applied {
+            Ok(s) => s,
+            Err(e) => {
+                run.shared.shutdown.cancel();
+                Self::shutdown_runtime(run).await;
+                return Err(e);
+            }
+        };
+        // Every port is bound: stored certificates are served now, missing ones ordered.
+        run.shared.acme.sync(snap.acme.clone()).await;
         let registry = self.registry.clone();
         let shutdown = run.shared.shutdown.clone();
         if let Some(rt) = &run.rt {
@@ -206,7 +231,7 @@ impl Proxy {
     /// (waiting until their sockets are closed). On a bind failure nothing changes.
     async fn apply(&self, run: &mut Running, snap: Arc<Snapshot>) -> Result<()> {
         let current: BTreeMap<u16, PortRefs> = run.ports.iter().map(|(p, e)| (*p, e.refs)).collect();
-        let diff = port_diff(&current, &snap.table.port_counts());
+        let diff = port_diff(&current, &snap.port_counts());
         let rt = run.rt.as_ref().ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
         let mut fresh = Vec::new();
         {
@@ -259,20 +284,78 @@ impl Proxy {
         *self.port_view.lock().unwrap_or_else(|p| p.into_inner()) = run.ports.keys().copied().collect();
     }
 
-    /// Replaces the route table. Before `start()`, only validates (the caller keeps the routes).
-    pub async fn update_routes(&self, routes: Vec<Route>) -> Result<()> {
+    /// Replaces the route table. Before `start()`, only validates (the caller keeps the routes),
+    /// against `options` (the ones `start()` will get) when given.
+    pub async fn update_routes(&self, routes: Vec<Route>, options: Option<ProxyOptions>) -> Result<()> {
         let mut lc = self.lifecycle.lock().await;
         match lc.as_mut() {
             // Not running: validate only (certificates included); start() builds the real snapshot.
             None => {
-                let o = ProxyOptions::default();
+                let o = options.unwrap_or_default();
                 let tls = crate::tls::TlsContext::new(false).map_err(EngineError::Internal)?;
                 Snapshot::build(routes, &o, &RouteStates::default(), &tls).map(|_| ()).map_err(EngineError::from)
             }
             Some(run) => {
-                let snap = Snapshot::build(routes, &run.shared.options, &run.shared.route_states, &run.shared.tls)?;
-                self.apply(run, Arc::new(snap)).await
+                let snap = Arc::new(Snapshot::build(
+                    routes,
+                    &run.shared.options,
+                    &run.shared.route_states,
+                    &run.shared.tls,
+                )?);
+                self.apply(run, snap.clone()).await?;
+                // After the commit: new 'auto' routes are ordered, removed ones stop being served.
+                run.shared.acme.sync(snap.acme.clone()).await;
+                Ok(())
             }
+        }
+    }
+
+    /// The status of a route's certificate: an `'auto'` route's from ACME, a configured
+    /// certificate's from its X.509 validity. `None`: no running route of that name terminates TLS.
+    pub fn certificate_status(&self, route: &str) -> Option<CertificateStatus> {
+        let lc = self.lifecycle.try_lock().ok()?;
+        let run = lc.as_ref()?;
+        if let Some(s) = run.shared.acme.status(route) {
+            return Some(CertificateStatus {
+                domain: s.domain,
+                status: s.state.as_str(),
+                issued_ms: s.issued_ms,
+                expires_ms: s.expires_ms,
+                source: s.source,
+                error: s.error,
+            });
+        }
+        let snap = self.snapshot.load();
+        let r = snap.table.routes().iter().find(|r| &*r.name == route)?;
+        let key = r.forward().tls.as_ref()?.certificate.as_ref()?;
+        let (issued, expires) = crate::tls::validity_of(key.cert.first()?).ok()?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        Some(CertificateStatus {
+            domain: r.route.domains.first().map(|d| d.as_str().to_owned()).unwrap_or_default(),
+            status: if expires <= now { "expired" } else { "valid" },
+            issued_ms: Some(issued),
+            expires_ms: Some(expires),
+            source: "static".into(),
+            error: None,
+        })
+    }
+
+    /// Orders the certificate of an `'auto'` route now (`provisionCertificate` /
+    /// `renewCertificate`); resolves when it is served, fails with the reason.
+    pub async fn provision_certificate(&self, route: &str) -> Result<()> {
+        let (acme, auto, handle) = {
+            let lc = self.lifecycle.lock().await;
+            let run = lc.as_ref().ok_or(EngineError::NotRunning)?;
+            let rt = run.rt.as_ref().ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
+            let auto = run.shared.acme.route(route).ok_or_else(|| {
+                EngineError::InvalidArg(format!("route {route:?} has no certificate: 'auto' (ACME) to order"))
+            })?;
+            (run.shared.acme.clone(), auto, rt.handle().clone())
+        };
+        match handle.spawn(acme.ensure(auto, true)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(EngineError::Certificate(why)),
+            Err(_) => Err(EngineError::Certificate("the order was cancelled".into())),
         }
     }
 
@@ -427,8 +510,8 @@ mod tests {
             r
         };
         for i in 0..100 {
-            p.update_routes(both(a, b)).await.unwrap_or_else(|e| panic!("update {i} (add): {e}"));
-            p.update_routes(route(a)).await.unwrap_or_else(|e| panic!("update {i} (remove): {e}"));
+            p.update_routes(both(a, b), None).await.unwrap_or_else(|e| panic!("update {i} (add): {e}"));
+            p.update_routes(route(a), None).await.unwrap_or_else(|e| panic!("update {i} (remove): {e}"));
             // Free for anyone else too.
             drop(std::net::TcpListener::bind(("0.0.0.0", b)).unwrap_or_else(|e| panic!("update {i}: {e}")));
         }

@@ -4,7 +4,8 @@
 //! hold handles to it, and it lives in the route-state registry ([`crate::state`]). New connections (and new requests on
 //! open HTTP connections) load the current snapshot; nothing on the data path locks.
 
-use crate::config::{ProxyOptions, Route, RouteAction};
+use crate::acme::AutoRoute;
+use crate::config::{AcmeSettings, ProxyOptions, Route, RouteAction};
 use crate::error::ConfigError;
 use crate::matching::RouteTable;
 use crate::state::{RouteState, RouteStates};
@@ -21,11 +22,13 @@ pub struct Snapshot {
     /// The certificates configured on these routes, installed in the certificate store when
     /// this snapshot is.
     pub certs: Arc<StaticCerts>,
+    /// The `certificate: 'auto'` routes with their effective ACME settings.
+    pub acme: Vec<Arc<AutoRoute>>,
 }
 
 impl Snapshot {
     pub fn empty() -> Self {
-        Snapshot { table: RouteTable::default(), tls: HashMap::new(), certs: Arc::default() }
+        Snapshot { table: RouteTable::default(), tls: HashMap::new(), certs: Arc::default(), acme: Vec::new() }
     }
 
     /// Compiles `routes`, taking each route's runtime state from `states` (see [`crate::state`]).
@@ -54,6 +57,33 @@ impl Snapshot {
                 .map_err(|e| ConfigError::Invalid(format!("TLS configuration of port {port}: {e}")))?;
             tls.insert(port, cfg);
         }
-        Ok(Snapshot { table, tls, certs })
+        let acme = table
+            .routes()
+            .iter()
+            .filter_map(|r| {
+                let RouteAction::Forward(f) = &r.route.action;
+                let ra = f.tls.as_ref()?.acme.as_ref()?;
+                Some(AcmeSettings::resolve(o.acme.as_ref(), ra, &r.route.domains, &r.route.label()).map(|settings| {
+                    Arc::new(AutoRoute {
+                        name: r.name.clone(),
+                        domains: r.route.domains.iter().map(|d| d.as_str().to_owned()).collect(),
+                        settings,
+                    })
+                }))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Snapshot { table, tls, certs, acme })
+    }
+}
+
+impl Snapshot {
+    /// The listening ports this snapshot needs: its routes' ports, and the HTTP-01 challenge
+    /// ports of its `'auto'` routes (listened on while such routes exist).
+    pub fn port_counts(&self) -> HashMap<u16, usize> {
+        let mut counts = self.table.port_counts();
+        for r in &self.acme {
+            *counts.entry(r.settings.http_port).or_default() += 1;
+        }
+        counts
     }
 }

@@ -7,6 +7,7 @@
 //! does not implement yet are refused with `not supported yet: …`, never silently ignored.
 //! Keys upstream never knew are ignored, as upstream's JavaScript ignored them.
 
+mod acme;
 mod http_options;
 mod options;
 mod reader;
@@ -14,6 +15,7 @@ mod route;
 mod security;
 mod tls;
 
+pub use acme::*;
 pub use http_options::*;
 pub use options::*;
 pub use route::*;

@@ -71,6 +71,8 @@ pub struct ProxyOptions {
     pub worker_threads: Option<usize>,
     /// TLS session resumption (tickets, session cache) for terminated TLS. Default true.
     pub tls_session_resumption: bool,
+    /// The global `acme` options, when given (defaults for every `'auto'` route).
+    pub acme: Option<AcmeOptions>,
 }
 
 impl Default for ProxyOptions {
@@ -102,6 +104,7 @@ impl Default for ProxyOptions {
             enable_detailed_logging: false,
             worker_threads: None,
             tls_session_resumption: true,
+            acme: None,
         }
     }
 }
@@ -264,6 +267,9 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
     let mut warnings = Vec::new();
     let r = (|| -> CResult<()> {
         read_table(at, &mut o)?;
+        if let Some(a) = at.get("acme") {
+            o.acme = Some(parse_acme_options(At::new(a, "acme"))?);
+        }
         if let Some(n) = opt(at, "workerThreads", |a| a.uint())? {
             o.worker_threads = Some(n.clamp(1, 64) as usize);
         }

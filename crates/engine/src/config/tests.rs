@@ -41,10 +41,6 @@ fn unbuilt_features_fail_loudly() {
             json!({"type": "socket-handler", "socketHandler": {"$fn": 1}, "tls": {"mode": "terminate", "certificate": {"key": "k", "cert": "c"}}}),
             "socket handler",
         ),
-        (
-            json!({"type": "forward", "target": {"host": "a", "port": 1}, "tls": {"mode": "terminate", "certificate": "auto"}}),
-            "certificate 'auto'",
-        ),
         (json!({"type": "forward", "target": {"host": "a", "port": 1}, "forwardingEngine": "nftables"}), "nftables"),
         (
             json!({"type": "forward", "target": {"host": "a", "port": 1}, "websocket": {"enabled": true, "enableCompression": true}}),
@@ -311,4 +307,53 @@ fn defaults_round_trip() {
     let (o, warnings) = parse_options(&d).unwrap();
     assert!(warnings.is_empty());
     assert_eq!(format!("{o:?}"), format!("{:?}", ProxyOptions::default()));
+}
+
+/// Global `acme` options and a route's `action.tls.acme` resolve into one route's settings, the
+/// route's values first; what an `'auto'` route lacks is refused with the route's label.
+#[test]
+fn acme_settings_resolve_and_refuse() {
+    let (o, _) = parse_options(&json!({"acme": {
+        "accountEmail": "g@x.test", "port": 8080, "renewThresholdDays": 10, "renewCheckIntervalHours": 0.5,
+        "directoryUrl": "https://127.0.0.1:14000/dir", "certificateStore": "/tmp/s"
+    }}))
+    .unwrap();
+    let g = o.acme.as_ref().unwrap();
+    assert_eq!(g.email.as_deref(), Some("g@x.test"));
+    assert_eq!(g.renew_check_interval, Duration::from_secs(1800));
+    let auto = |acme: Value, domains: Value| {
+        let r = parse_routes(&json!([{"name": "r", "match": {"ports": 443, "domains": domains},
+            "action": {"type": "forward", "target": {"host": "h", "port": 1},
+                "tls": {"mode": "terminate", "certificate": "auto", "acme": acme}}}]))
+        .unwrap()
+        .remove(0);
+        let RouteAction::Forward(f) = &r.action;
+        let ra = f.tls.as_ref().unwrap().acme.clone().unwrap();
+        (ra, r.domains.clone(), r.label())
+    };
+    let (ra, d, label) = auto(json!({"email": "r@x.test", "challengePort": 9090, "renewBeforeDays": 3}), json!("a.test"));
+    let s = AcmeSettings::resolve(o.acme.as_ref(), &ra, &d, &label).unwrap();
+    assert_eq!((s.email.as_str(), s.http_port, s.renew_before_days), ("r@x.test", 9090, 3.0));
+    assert_eq!(s.directory_url, "https://127.0.0.1:14000/dir");
+    let (ra, d, label) = auto(json!({}), json!("a.test"));
+    let s = AcmeSettings::resolve(o.acme.as_ref(), &ra, &d, &label).unwrap();
+    assert_eq!((s.email.as_str(), s.http_port, s.renew_before_days), ("g@x.test", 8080, 10.0));
+    // No e-mail anywhere; a wildcard without DNS-01; DNS-01 itself (not built).
+    let e = AcmeSettings::resolve(None, &ra, &d, &label).unwrap_err();
+    assert!(e.to_string().starts_with("route \"r\" (index 0): ") && e.to_string().contains("e-mail"), "{e}");
+    let (ra, d, label) = auto(json!({"email": "r@x.test"}), json!("*.a.test"));
+    let e = AcmeSettings::resolve(None, &ra, &d, &label).unwrap_err();
+    assert!(e.to_string().contains("DNS-01") && e.code() == "ERR_INVALID_CONFIG", "{e}");
+    let (ra, d, label) = auto(json!({"email": "r@x.test", "challenge": "dns-01"}), json!("a.test"));
+    assert_eq!(AcmeSettings::resolve(None, &ra, &d, &label).unwrap_err().code(), "ERR_NOT_SUPPORTED");
+    // Defaults: Let's Encrypt staging, production on request.
+    let (ra, d, label) = auto(json!({"email": "r@x.test"}), json!("a.test"));
+    assert_eq!(AcmeSettings::resolve(None, &ra, &d, &label).unwrap().directory_url, LETS_ENCRYPT_STAGING);
+    let (ra, d, label) = auto(json!({"email": "r@x.test", "useProduction": true}), json!("a.test"));
+    assert_eq!(AcmeSettings::resolve(None, &ra, &d, &label).unwrap().directory_url, LETS_ENCRYPT_PRODUCTION);
+    // Bad values name their field.
+    let e = parse_options(&json!({"acme": {"challenge": "dns-99"}})).unwrap_err();
+    assert!(e.to_string().contains("acme.challenge: unknown challenge type"), "{e}");
+    let e = parse_options(&json!({"acme": {"renewCheckIntervalHours": 1e300}})).unwrap_err();
+    assert!(e.to_string().contains("acme.renewCheckIntervalHours: must be at most"), "{e}");
 }

@@ -26,6 +26,9 @@ pub struct RouteTls {
     pub mode: TlsMode,
     /// Parsed and checked (key matches certificate) at validation time.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// `certificate: 'auto'`: the route's certificate comes from ACME, with these route-level
+    /// settings (`action.tls.acme`, empty when not given).
+    pub acme: Option<RouteAcme>,
 }
 
 pub(super) fn parse_tls(t: At) -> CResult<RouteTls> {
@@ -37,16 +40,25 @@ pub(super) fn parse_tls(t: At) -> CResult<RouteTls> {
         Some(other) => return Err(ConfigError::Invalid(format!("action.tls.mode: unknown mode {other:?}"))),
         None => return Err(ConfigError::Invalid("action.tls.mode is required".into())),
     };
-    for key in ["versions", "ciphers", "honorCipherOrder", "sessionTimeout", "acme"] {
+    for key in ["versions", "ciphers", "honorCipherOrder", "sessionTimeout"] {
         if mode.terminates() && t.has(key) {
             return unsupported(format!("action.tls.{key}"));
         }
     }
+    let mut acme = None;
     let certificate = match (mode.terminates(), t.get("certificate")) {
         (false, _) => None, // passthrough never uses a certificate (upstream ignores one)
-        (true, None) => return unsupported("TLS termination without a certificate (certificate 'auto' / ACME)"),
+        (true, None) => {
+            return Err(ConfigError::Invalid(
+                "action.tls.certificate is required to terminate TLS: a certificate object, or 'auto' (ACME)".into(),
+            ))
+        }
         (true, Some(Value::String(s))) if s == "auto" => {
-            return unsupported("certificate 'auto' (ACME)");
+            acme = Some(match t.get("acme") {
+                Some(a) => parse_route_acme(At::new(a, "action.tls.acme"))?,
+                None => RouteAcme::default(),
+            });
+            None
         }
         (true, Some(c)) => {
             let c = At::new(c, "action.tls.certificate");
@@ -69,5 +81,5 @@ pub(super) fn parse_tls(t: At) -> CResult<RouteTls> {
             Some(ck)
         }
     };
-    Ok(RouteTls { mode, certificate })
+    Ok(RouteTls { mode, certificate, acme })
 }

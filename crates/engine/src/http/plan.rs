@@ -3,6 +3,8 @@
 //! HTTP/2 path, which renders it into a header map) call [`plan`] and then [`Routed::edits`];
 //! neither decides anything of its own. Phases, in order:
 //!
+//! 0. **ACME**: an HTTP-01 validation request for a token being validated is answered with its
+//!    key authorization, before any route.
 //! 1. **route**: the route table by port, host, path, headers and TLS; else `defaults.target`;
 //!    else 404.
 //! 2. **client rules**: the route's IP allow and block lists (403).
@@ -24,7 +26,6 @@
 //! and appends the client, `X-Forwarded-Proto`/`-Host` are set. A templated request header
 //! replaces the client's fields of that name; one whose template expands to something a header
 //! cannot hold is dropped, never left with the client's value.
-//! The ACME HTTP-01 responder will hook in before phase 1.
 
 use super::access;
 use super::error::HttpError;
@@ -132,6 +133,10 @@ impl Edits {
 
 /// Phases 1 to 8 (see the module header).
 pub fn plan(snap: &Snapshot, cx: &HttpConn, req: &RequestFacts) -> Result<Outcome, HttpError> {
+    // 0: an ACME HTTP-01 validation, before any route (a redirect route must not swallow it).
+    if let Some(key_authorization) = cx.sh.acme.tokens.answer(req.path) {
+        return Ok(Outcome::Answer(Answer::text(StatusCode::OK, Bytes::from(key_authorization))));
+    }
     let input = MatchInput {
         port: cx.port,
         client_ip: cx.client_ip,

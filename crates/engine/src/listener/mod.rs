@@ -111,6 +111,12 @@ mod tests {
             registry: Arc::default(),
             route_states: Default::default(),
             tls: crate::tls::TlsContext::new(true).unwrap(),
+            acme: crate::acme::Acme::new(
+                tokio::runtime::Handle::current(),
+                CancellationToken::new(),
+                Default::default(),
+                Arc::new(crate::events::NullSink),
+            ),
             events: Arc::new(crate::events::NullSink),
             shutdown: CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),

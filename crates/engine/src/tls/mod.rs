@@ -21,7 +21,7 @@ pub fn provider() -> Arc<CryptoProvider> {
     P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
 }
 
-pub use pem::{certified_key, parse_certs};
+pub use pem::{certified_key, parse_certs, validity_ms, validity_of};
 pub use store::{CertStore, PortResolver, SniCerts, StaticCerts};
 
 /// The TLS state of one running engine, made once at `start()`: the certificate store, the

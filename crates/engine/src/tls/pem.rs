@@ -34,3 +34,18 @@ pub fn certified_key(cert_pem: &str, key_pem: &str, ca_pem: Option<&str>) -> Res
     ck.keys_match().map_err(|e| format!("the key does not match the certificate ({e})"))?;
     Ok(Arc::new(ck))
 }
+
+/// The validity of the first certificate of a PEM chain: (`notBefore`, `notAfter`) in
+/// milliseconds since the epoch.
+pub fn validity_ms(cert_pem: &str) -> Result<(i64, i64), String> {
+    let certs = parse_certs(cert_pem)?;
+    validity_of(&certs[0])
+}
+
+/// The validity of a DER certificate: (`notBefore`, `notAfter`) in ms since the epoch.
+pub fn validity_of(der: &rustls::pki_types::CertificateDer<'_>) -> Result<(i64, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("the certificate does not parse as X.509: {e}"))?;
+    let v = cert.validity();
+    Ok((v.not_before.timestamp().saturating_mul(1000), v.not_after.timestamp().saturating_mul(1000)))
+}

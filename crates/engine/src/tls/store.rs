@@ -17,18 +17,26 @@ use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// A certificate of the index: configured on its route, or issued for its route (ACME) and
+/// looked up by the route's name in the store's issued certificates.
+#[derive(Debug, Clone)]
+pub enum CertRef {
+    Key(Arc<CertifiedKey>),
+    Issued(Arc<str>),
+}
+
 /// The certificates of one port's terminating routes.
 #[derive(Debug, Default)]
 pub struct SniCerts {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    wildcard: Vec<(DomainPattern, Arc<CertifiedKey>)>,
-    fallback: Option<Arc<CertifiedKey>>,
+    exact: HashMap<String, CertRef>,
+    wildcard: Vec<(DomainPattern, CertRef)>,
+    fallback: Option<CertRef>,
 }
 
 impl SniCerts {
     /// Precedence: an exact name, then the first wildcard pattern (route priority order), then
     /// the certificate of a route without domains. `None`: the handshake is refused.
-    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub fn lookup(&self, sni: Option<&str>) -> Option<CertRef> {
         let found = sni.and_then(|name| {
             let n = normalize_host(name);
             self.exact
@@ -52,7 +60,12 @@ impl SniCerts {
             if tls.mode == TlsMode::Passthrough {
                 continue;
             }
-            let Some(ck) = &tls.certificate else { continue };
+            let ck = match (&tls.certificate, &tls.acme) {
+                (Some(k), _) => CertRef::Key(k.clone()),
+                (None, Some(_)) => CertRef::Issued(route.name.clone()),
+                (None, None) => continue,
+            };
+            let ck = &ck;
             if route.route.domains.is_empty() {
                 r.fallback.get_or_insert_with(|| ck.clone());
             }
@@ -91,15 +104,20 @@ impl StaticCerts {
         self.ports.keys().copied()
     }
 
-    pub fn lookup(&self, port: u16, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    pub fn lookup(&self, port: u16, sni: Option<&str>) -> Option<CertRef> {
         self.ports.get(&port)?.lookup(sni)
     }
 }
 
-/// The engine's current certificates, swapped atomically.
+/// Certificates issued for routes (ACME), by route name.
+pub type IssuedCerts = HashMap<Arc<str>, Arc<CertifiedKey>>;
+
+/// The engine's current certificates, swapped atomically: those configured on routes (replaced
+/// with each route table) and those issued for routes (replaced one route at a time).
 #[derive(Debug, Default)]
 pub struct CertStore {
     configured: ArcSwap<StaticCerts>,
+    issued: ArcSwap<IssuedCerts>,
 }
 
 impl CertStore {
@@ -108,8 +126,36 @@ impl CertStore {
         self.configured.store(certs);
     }
 
+    /// Serves `key` for the route `route` from the next handshake on (cold: a copy of the map).
+    pub fn set_issued(&self, route: &Arc<str>, key: Arc<CertifiedKey>) {
+        self.issued.rcu(|m| {
+            let mut m = IssuedCerts::clone(m);
+            m.insert(route.clone(), key.clone());
+            m
+        });
+    }
+
+    /// Stops serving the issued certificate of `route`.
+    pub fn remove_issued(&self, route: &str) {
+        self.issued.rcu(|m| {
+            let mut m = IssuedCerts::clone(m);
+            m.remove(route);
+            m
+        });
+    }
+
+    /// The certificate issued for `route`, if any.
+    pub fn issued(&self, route: &str) -> Option<Arc<CertifiedKey>> {
+        self.issued.load().get(route).cloned()
+    }
+
+    /// The certificate for a handshake on `port` naming `sni`. A route whose certificate is not
+    /// issued yet gets none (an alert), never another route's.
     pub fn lookup(&self, port: u16, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
-        self.configured.load().lookup(port, sni)
+        match self.configured.load().lookup(port, sni)? {
+            CertRef::Key(k) => Some(k),
+            CertRef::Issued(route) => self.issued.load().get(&route).cloned(),
+        }
     }
 }
 
@@ -150,7 +196,10 @@ mod tests {
     }
 
     fn served(store: &StaticCerts, sni: Option<&str>) -> Option<Vec<u8>> {
-        store.lookup(443, sni).map(|c| c.cert[0].to_vec())
+        match store.lookup(443, sni)? {
+            CertRef::Key(c) => Some(c.cert[0].to_vec()),
+            CertRef::Issued(_) => None,
+        }
     }
 
     /// Exact names win over wildcards whatever the route priority; among wildcards the route
@@ -196,6 +245,28 @@ mod tests {
         store.set_configured(build(&b));
         let second = store.lookup(443, Some("a.test")).unwrap();
         assert_ne!(first.cert[0], second.cert[0]);
+    }
+
+    /// An `'auto'` route's names are served its issued certificate once there is one, and
+    /// nothing before (not the catch-all route's certificate).
+    #[test]
+    fn issued_certificates_are_served_by_route() {
+        let (fallback, issued) = (cert("x"), cert("auto.test"));
+        let routes = parse_routes(&json!([
+            {"name": "auto", "match": {"ports": 443, "domains": "auto.test"},
+             "action": {"type": "forward", "target": {"host": "h", "port": 1}, "tls": {"mode": "terminate", "certificate": "auto"}}},
+            route("any", json!(null), -1, &fallback),
+        ]))
+        .unwrap();
+        let store = CertStore::default();
+        store.set_configured(Arc::new(StaticCerts::from_table(&RouteTable::new(routes))));
+        assert!(store.lookup(443, Some("auto.test")).is_none(), "not issued yet: no certificate");
+        assert!(store.lookup(443, Some("other.test")).is_some(), "the catch-all serves other names");
+        let key = crate::tls::certified_key(&issued.0, &issued.1, None).unwrap();
+        store.set_issued(&Arc::from("auto"), key.clone());
+        assert_eq!(store.lookup(443, Some("auto.test")).unwrap().cert[0], key.cert[0]);
+        store.remove_issued("auto");
+        assert!(store.lookup(443, Some("auto.test")).is_none());
     }
 
     fn parse_pem(pem: &str) -> Vec<u8> {

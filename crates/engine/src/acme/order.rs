@@ -1,0 +1,173 @@
+//! One ACME order, on instant-acme: account (restored from the store, else created and stored),
+//! order, HTTP-01 challenges published to the proxy's responder, validation, finalisation with a
+//! fresh ECDSA P-256 key, and the certificate chain.
+
+use super::store::DiskStore;
+use super::Http01Tokens;
+use crate::config::AcmeSettings;
+use bytes::Bytes;
+use instant_acme::{
+    Account, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
+};
+use std::time::Duration;
+
+/// How long validation and issuance may take before the order counts as failed.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An issued certificate.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Why an order failed: the CA's problem (`rate_limited` when it said so), or anything else.
+#[derive(Debug, Clone)]
+pub struct OrderError {
+    pub message: String,
+    pub rate_limited: bool,
+}
+
+impl From<instant_acme::Error> for OrderError {
+    fn from(e: instant_acme::Error) -> Self {
+        let rate_limited = matches!(&e, instant_acme::Error::Api(p)
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited"));
+        let message = match &e {
+            instant_acme::Error::Api(p) => format!(
+                "the CA refused: {} ({})",
+                p.detail.as_deref().unwrap_or("no detail"),
+                p.r#type.as_deref().unwrap_or("no type")
+            ),
+            other => other.to_string(),
+        };
+        OrderError { message, rate_limited }
+    }
+}
+
+impl From<String> for OrderError {
+    fn from(message: String) -> Self {
+        OrderError { message, rate_limited: false }
+    }
+}
+
+/// The HTTP client towards the CA: Mozilla roots plus the configured `directoryCa`.
+fn http_client(s: &AcmeSettings) -> Result<Box<dyn instant_acme::HttpClient>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for c in &s.directory_ca {
+        roots.add(c.clone()).map_err(|e| format!("acme.directoryCa: {e}"))?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_connect_timeout(Some(Duration::from_secs(15)));
+    let https =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(tcp);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, BodyWrapper<Bytes>>(https);
+    Ok(Box::new(client))
+}
+
+/// The store key of an account: its directory and e-mail.
+fn account_key(s: &AcmeSettings) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{}\n{}", s.directory_url, s.email).as_bytes());
+    digest.as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The account for these settings: restored from the store, else created (and stored).
+pub async fn account(s: &AcmeSettings, store: &DiskStore) -> Result<Account, OrderError> {
+    let key = account_key(s);
+    let saved = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::task::spawn_blocking(move || store.load_account(&key)).await.ok().flatten()
+    };
+    if let Some(text) = saved {
+        if let Ok(creds) = serde_json::from_str(&text) {
+            if let Ok(a) = Account::builder_with_http(http_client(s)?).from_credentials(creds).await {
+                return Ok(a);
+            }
+        }
+    }
+    let contact = format!("mailto:{}", s.email);
+    let (account, creds) = Account::builder_with_http(http_client(s)?)
+        .create(
+            &NewAccount { contact: &[&contact], terms_of_service_agreed: true, only_return_existing: false },
+            s.directory_url.clone(),
+            None,
+        )
+        .await?;
+    let text = serde_json::to_string(&creds).map_err(|e| e.to_string())?;
+    let store = store.clone();
+    // Not fatal when it fails: the account works, and is created again next time.
+    let _ = tokio::task::spawn_blocking(move || store.save_account(&key, &text)).await;
+    Ok(account)
+}
+
+/// Orders a certificate for `domains`, answering HTTP-01 through `tokens`. Published tokens are
+/// withdrawn when the order ends, whatever the outcome.
+pub async fn order(account: &Account, domains: &[String], tokens: &Http01Tokens) -> Result<Issued, OrderError> {
+    let mut published = Vec::new();
+    let r = order_inner(account, domains, tokens, &mut published).await;
+    for t in published {
+        tokens.remove(&t);
+    }
+    r
+}
+
+async fn order_inner(
+    account: &Account,
+    domains: &[String],
+    tokens: &Http01Tokens,
+    published: &mut Vec<String>,
+) -> Result<Issued, OrderError> {
+    let ids: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+    let mut order = account.new_order(&NewOrder::new(&ids)).await?;
+    {
+        let mut authorizations = order.authorizations();
+        while let Some(a) = authorizations.next().await {
+            let mut a = a?;
+            match a.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => return Err(format!("authorization for {} is {other:?}", a.identifier()).into()),
+            }
+            let name = a.identifier().to_string();
+            let mut challenge = a
+                .challenge(ChallengeType::Http01)
+                .ok_or_else(|| format!("the CA offers no http-01 challenge for {name}"))?;
+            let key_auth = challenge.key_authorization();
+            tokens.insert(challenge.token.clone(), key_auth.as_str().to_owned());
+            published.push(challenge.token.clone());
+            challenge.set_ready().await?;
+        }
+    }
+    let retry = RetryPolicy::new().initial_delay(Duration::from_millis(250)).backoff(1.5).timeout(ORDER_TIMEOUT);
+    let status = order.poll_ready(&retry).await?;
+    if status != OrderStatus::Ready {
+        return Err(failure_detail(&mut order).await.into());
+    }
+    let key_pem = order.finalize().await?;
+    let cert_pem = order.poll_certificate(&retry).await?;
+    Ok(Issued { cert_pem, key_pem })
+}
+
+/// Why an order became invalid: the first challenge error the CA reports.
+async fn failure_detail(order: &mut instant_acme::Order) -> String {
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(a)) = authorizations.next().await {
+        for c in &a.challenges {
+            if let Some(p) = &c.error {
+                return format!(
+                    "validation of {} failed: {}",
+                    a.identifier(),
+                    p.detail.as_deref().unwrap_or("no detail from the CA")
+                );
+            }
+        }
+    }
+    "the order became invalid".into()
+}

@@ -1,0 +1,265 @@
+// certificate: 'auto' against a real ACME CA (Pebble): HTTP-01 issuance through a port 80 that
+// a redirect route shares, the store (restart without an order, a corrupt entry replaced, two
+// proxies sharing one store), renewal on demand while an old connection keeps working, status
+// and events, a CA that cannot be reached, and the configuration errors.
+import { tap, expect } from '@git.zone/tstest/tapbundle';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SmartProxy, SocketHandlers } from '../index.js';
+import * as h from './helpers.js';
+import { startPebble, type Pebble } from './pebble.js';
+
+let pebble: Pebble;
+let acmePort: number;
+let backend: http.Server;
+let backendPort: number;
+let store: string;
+
+tap.test('setup: Pebble (with its DNS) and an HTTP backend', async () => {
+  [acmePort] = await h.freePorts(1);
+  pebble = await startPebble({ httpPort: acmePort });
+  backend = http.createServer((req, res) => res.end(`backend ${req.headers.host}`));
+  await new Promise<void>((r) => backend.listen(0, h.HOST, () => r()));
+  backendPort = (backend.address() as net.AddressInfo).port;
+  store = mkdtempSync(join(tmpdir(), 'spn-acme-store-'));
+});
+
+function acme(extra: Record<string, any> = {}) {
+  return {
+    email: 'ops@example.com',
+    port: acmePort,
+    directoryUrl: pebble.directoryUrl,
+    directoryCa: pebble.directoryCa,
+    certificateStore: store,
+    ...extra,
+  };
+}
+
+function autoRoute(name: string, port: number, domain: string) {
+  return {
+    name,
+    match: { ports: port, domains: domain },
+    action: { type: 'forward' as const, target: { host: h.HOST, port: backendPort }, tls: { mode: 'terminate' as const, certificate: 'auto' as const } },
+  };
+}
+
+/** A TLS handshake naming `servername`: the served certificate (or the error code). */
+function handshake(port: number, servername: string, ca?: string): Promise<{ cert?: tls.PeerCertificate; authorized?: boolean; error?: string; socket?: tls.TLSSocket }> {
+  return new Promise((resolve) => {
+    const s = tls.connect({ host: h.HOST, port, servername, ca, rejectUnauthorized: false });
+    s.once('secureConnect', () => resolve({ cert: s.getPeerCertificate(true), authorized: s.authorized, socket: s }));
+    s.once('error', (e: any) => resolve({ error: e.code || e.message }));
+  });
+}
+
+function nextEvent(p: SmartProxy, name: string, ms = 60_000): Promise<any> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no ${name} within ${ms} ms`)), ms);
+    p.once(name, (ev) => {
+      clearTimeout(t);
+      resolve(ev);
+    });
+  });
+}
+
+let firstSerial = '';
+
+tap.test('HTTP-01: an auto route gets a Pebble certificate while a redirect route keeps port 80', async () => {
+  const tlsPort = await h.freePort();
+  const p = new SmartProxy({
+    acme: acme(),
+    routes: [
+      autoRoute('app', tlsPort, 'a.test'),
+      { name: 'redirect', match: { ports: acmePort }, action: { type: 'socket-handler', socketHandler: SocketHandlers.httpRedirect('https://{domain}{path}', 301) } },
+    ],
+  });
+  const issued = nextEvent(p, 'certificate-issued');
+  await p.start();
+  // start() does not wait for the order; until the certificate exists, a.test gets an alert.
+  const early = p.getCertificateStatus('app');
+  expect(early!.status).toBeOneOf(['pending', 'valid']);
+  const ev = await issued;
+  expect(ev.routeName).toEqual('app');
+  expect(ev.domain).toEqual('a.test');
+  expect(ev.source).toEqual('acme');
+  expect(ev.expiryDate).toBeInstanceOf(Date);
+  const status = p.getCertificateStatus('app')!;
+  expect(status.status).toEqual('valid');
+  expect(status.source).toEqual('acme');
+  expect(status.expiryDate!.getTime()).toBeGreaterThan(Date.now());
+  // The served certificate names a.test and chains to Pebble's root.
+  const root = await pebble.root();
+  const r = await handshake(tlsPort, 'a.test', root);
+  expect(r.error).toBeUndefined();
+  expect(r.cert!.subjectaltname).toMatch(/DNS:a\.test/);
+  expect(r.cert!.issuer.CN).toMatch(/Pebble Intermediate/);
+  firstSerial = r.cert!.serialNumber;
+  // And it carries requests.
+  const body = await new Promise<string>((resolve, reject) => {
+    r.socket!.write('GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+    let d = '';
+    r.socket!.on('data', (x) => (d += x));
+    r.socket!.on('end', () => resolve(d));
+    r.socket!.on('error', reject);
+  });
+  expect(body).toMatch(/backend a\.test$/);
+  // Port 80 kept redirecting meanwhile.
+  const redirect = await new Promise<string>((resolve) => {
+    http.get({ host: h.HOST, port: acmePort, path: '/x', headers: { host: 'a.test' } }, (res) => {
+      res.resume();
+      resolve(`${res.statusCode} ${res.headers.location}`);
+    });
+  });
+  expect(redirect).toEqual('301 https://a.test/x');
+  await p.stop();
+});
+
+tap.test('a restart with the same store serves the stored certificate at once, without an order', async () => {
+  const tlsPort = await h.freePort();
+  const p = new SmartProxy({ acme: acme(), routes: [autoRoute('app', tlsPort, 'a.test')] });
+  let orders = 0;
+  p.on('certificate-issued', () => orders++);
+  await p.start();
+  expect(p.getCertificateStatus('app')!.status).toEqual('valid');
+  const r = await handshake(tlsPort, 'a.test');
+  expect(r.cert!.serialNumber).toEqual(firstSerial);
+  r.socket!.destroy();
+  await h.sleep(300);
+  expect(orders).toEqual(0);
+  await p.stop();
+});
+
+tap.test('renewCertificate(): a new certificate for new handshakes, while an old connection keeps working', async () => {
+  const tlsPort = await h.freePort();
+  const p = new SmartProxy({ acme: acme(), routes: [autoRoute('app', tlsPort, 'a.test')] });
+  await p.start();
+  const old = await handshake(tlsPort, 'a.test');
+  expect(old.cert!.serialNumber).toEqual(firstSerial);
+  const renewed = nextEvent(p, 'certificate-renewed');
+  await p.renewCertificate('app');
+  expect((await renewed).routeName).toEqual('app');
+  const fresh = await handshake(tlsPort, 'a.test');
+  expect(fresh.cert!.serialNumber === firstSerial).toBeFalse();
+  // The old connection still carries a request.
+  const body = await new Promise<string>((resolve) => {
+    old.socket!.write('GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+    let d = '';
+    old.socket!.on('data', (x) => (d += x));
+    old.socket!.on('end', () => resolve(d));
+  });
+  expect(body).toMatch(/backend a\.test$/);
+  fresh.socket!.destroy();
+  firstSerial = fresh.cert!.serialNumber;
+  await p.stop();
+});
+
+tap.test('a corrupt store entry is treated as absent and replaced by a new order', async () => {
+  writeFileSync(join(store, 'app', 'cert.pem'), 'not a certificate');
+  const tlsPort = await h.freePort();
+  const p = new SmartProxy({ acme: acme(), routes: [autoRoute('app', tlsPort, 'a.test')] });
+  const issued = nextEvent(p, 'certificate-issued');
+  await p.start();
+  await issued;
+  const r = await handshake(tlsPort, 'a.test');
+  expect(r.cert!.serialNumber === firstSerial).toBeFalse();
+  r.socket!.destroy();
+  await p.stop();
+});
+
+tap.test('two proxies sharing one store end up with the same certificate from one order', async () => {
+  const [portA, portB, otherAcme] = await h.freePorts(3);
+  const a = new SmartProxy({ acme: acme(), routes: [autoRoute('shared', portA, 'shared.test')] });
+  const b = new SmartProxy({ acme: acme({ port: otherAcme }), routes: [autoRoute('shared', portB, 'shared.test')] });
+  let orders = 0;
+  a.on('certificate-issued', () => orders++);
+  b.on('certificate-issued', () => orders++);
+  const issued = nextEvent(a, 'certificate-issued');
+  await a.start();
+  await issued;
+  await b.start();
+  expect(b.getCertificateStatus('shared')!.status).toEqual('valid');
+  const [ra, rb] = [await handshake(portA, 'shared.test'), await handshake(portB, 'shared.test')];
+  expect(rb.cert!.serialNumber).toEqual(ra.cert!.serialNumber);
+  ra.socket!.destroy();
+  rb.socket!.destroy();
+  expect(orders).toEqual(1);
+  await a.stop();
+  await b.stop();
+});
+
+tap.test('a CA that cannot be reached: status error with the reason, other routes served, provisionCertificate rejects', async () => {
+  const [tlsPort, dead] = await h.freePorts(2);
+  const cert = h.makeCert('static.test');
+  const p = new SmartProxy({
+    acme: acme({ directoryUrl: `https://127.0.0.1:${dead}/dir`, certificateStore: mkdtempSync(join(tmpdir(), 'spn-acme-dead-')) }),
+    routes: [
+      autoRoute('unlucky', tlsPort, 'b.test'),
+      { name: 'static', match: { ports: tlsPort, domains: 'static.test' }, action: { type: 'forward', target: { host: h.HOST, port: backendPort }, tls: { mode: 'terminate', certificate: { key: cert.key, cert: cert.cert } } } },
+    ],
+  });
+  const failed = nextEvent(p, 'certificate-failed', 30_000);
+  await p.start();
+  const ev = await failed;
+  expect(ev.routeName).toEqual('unlucky');
+  expect(typeof ev.error).toEqual('string');
+  const s = p.getCertificateStatus('unlucky')!;
+  expect(s.status).toEqual('error');
+  expect(s.error!.length).toBeGreaterThan(0);
+  // No certificate for b.test: an alert, never the static route's certificate.
+  expect((await handshake(tlsPort, 'b.test')).error).toEqual('ERR_SSL_TLSV1_UNRECOGNIZED_NAME');
+  const ok = await handshake(tlsPort, 'static.test');
+  expect(ok.cert!.subject.CN).toEqual('static.test');
+  ok.socket!.destroy();
+  const st = p.getCertificateStatus('static')!;
+  expect(st.source).toEqual('static');
+  expect(st.status).toEqual('valid');
+  const err: any = await p.provisionCertificate('unlucky').catch((e) => e);
+  expect(err.code).toEqual('ERR_CERTIFICATE');
+  const err2: any = await p.provisionCertificate('static').catch((e) => e);
+  expect(err2.code).toEqual('ERR_INVALID_ARG');
+  await p.stop();
+});
+
+tap.test('configuration errors name the route: no e-mail, a wildcard without DNS-01, unknown and unbuilt challenges', async () => {
+  const port = await h.freePort();
+  const refuse = async (opts: any, routes: any[]) => {
+    const p = new SmartProxy({ ...opts, routes });
+    return p.start().then(
+      async () => {
+        await p.stop();
+        return { code: 'started', message: '' };
+      },
+      (e: any) => ({ code: e.code, message: e.message }),
+    );
+  };
+  const noMail = await refuse({ acme: { port: acmePort } }, [autoRoute('nomail', port, 'x.test')]);
+  expect(noMail.code).toEqual('ERR_INVALID_CONFIG');
+  expect(noMail.message).toMatch(/route "nomail" \(index 0\).*e-mail/);
+  const wild = await refuse({ acme: acme() }, [autoRoute('wild', port, '*.x.test')]);
+  expect(wild.code).toEqual('ERR_INVALID_CONFIG');
+  expect(wild.message).toMatch(/route "wild" \(index 0\).*DNS-01/);
+  const unknown = await refuse({ acme: acme({ challenge: 'dns-99' }) }, [autoRoute('u', port, 'x.test')]);
+  expect(unknown.code).toEqual('ERR_INVALID_CONFIG');
+  expect(unknown.message).toMatch(/acme\.challenge: unknown challenge type "dns-99"/);
+  const dns = await refuse({ acme: acme({ challenge: 'dns-01' }) }, [autoRoute('d', port, 'x.test')]);
+  expect(dns.code).toEqual('ERR_NOT_SUPPORTED');
+  // The route's own e-mail is enough.
+  const own = new SmartProxy({ acme: { port: acmePort }, routes: [] });
+  const withMail = { ...autoRoute('own', port, 'x.test') };
+  (withMail.action.tls as any).acme = { email: 'me@example.com' };
+  await own.updateRoutes([withMail]); // validated before start, against the proxy's options
+  const bad: any = await own.updateRoutes([autoRoute('nomail', port, 'x.test')]).catch((e) => e);
+  expect(bad.code).toEqual('ERR_INVALID_CONFIG');
+});
+
+tap.test('teardown', async () => {
+  await pebble.close();
+  await new Promise((r) => backend.close(r));
+  rmSync(store, { recursive: true, force: true });
+});
+
+export default tap.start();
