@@ -19,7 +19,15 @@ export declare class NativeProxy {
   start(optionsJson: string, routesJson: string, onEvent: ((arg: NativeEvent) => void), onSocket: ((arg: NativeSocket) => void), onCall: ((arg0: number, arg1: string) => string | Promise<string>)): Promise<Array<string>>
   /** Closes listeners and connections and stops the runtime; resolves when its threads are gone. */
   stop(): Promise<void>
-  updateRoutes(routesJson: string): Promise<void>
+  /**
+   * Replaces the routes of a running proxy; before `start()` only validates them, against
+   * `options_json` (the options `start()` will get) when given.
+   */
+  updateRoutes(routesJson: string, optionsJson?: string | undefined | null): Promise<void>
+  /** The certificate status of a route (`ICertStatus` with dates in ms), or null. */
+  certificateStatus(routeName: string): any | null
+  /** Orders the certificate of a `certificate: 'auto'` route now; resolves once it is served. */
+  provisionCertificate(routeName: string): Promise<void>
   addListeningPort(port: number): Promise<void>
   removeListeningPort(port: number): Promise<void>
   /** Takes ownership of a handed-over socket; returns its fd, or -1 when it is gone. */
@@ -32,14 +40,22 @@ export declare class NativeProxy {
   getStatistics(): any
 }
 
+/** The `acme` option defaults, merged into `SmartProxy.settings.acme` when `acme` is given. */
+export declare function acmeDefaults(): any
+
 /** The engine's option defaults, merged into `SmartProxy.settings` by the facade. */
 export declare function engineDefaults(): any
 
-/** An engine event as JavaScript sees it. */
+/**
+ * An engine event as JavaScript sees it: `kind` is `log` (with `level` and `message`) or a
+ * certificate event (`certificate-issued`, `-renewed`, `-failed`) with its payload as JSON text
+ * in `data`.
+ */
 export interface NativeEvent {
   kind: string
   level: string
   message: string
+  data?: string
 }
 
 /**

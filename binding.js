@@ -836,4 +836,5 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeProxy = nativeBinding.NativeProxy
+module.exports.acmeDefaults = nativeBinding.acmeDefaults
 module.exports.engineDefaults = nativeBinding.engineDefaults

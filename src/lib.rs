@@ -104,7 +104,12 @@ impl EventSink for JsSink {
                         "source": c.source,
                         "error": c.error,
                     });
-                    NativeEvent { kind: c.kind.into(), level: "info".into(), message: String::new(), data: Some(data.to_string()) }
+                    NativeEvent {
+                        kind: c.kind.into(),
+                        level: "info".into(),
+                        message: String::new(),
+                        data: Some(data.to_string()),
+                    }
                 }
             };
             let _ = f.call(ev, ThreadsafeFunctionCallMode::NonBlocking);

@@ -11,7 +11,7 @@ import * as h from './helpers.js';
 export interface Pebble {
   /** The ACME directory URL. */
   directoryUrl: string;
-  /** PEM of the directory's HTTPS certificate (give it as `acme.directoryCa`). */
+  /** PEM of the CA of the directory's HTTPS certificate (give it as `acme.directoryCa`). */
   directoryCa: string;
   /** Where Pebble validates HTTP-01 (the proxy's `acme.port`). */
   httpPort: number;
@@ -61,11 +61,14 @@ function stop(p: ChildProcess): Promise<void> {
 export async function startPebble(opts: { httpPort: number; tlsPort?: number; validitySeconds?: number }): Promise<Pebble> {
   ensureInstalled();
   const dir = mkdtempSync(join(tmpdir(), 'spn-pebble-'));
-  execFileSync('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
-    '-subj', '/CN=pebble', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
-    '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
-  ], { stdio: 'ignore' });
+  // A CA (given to the proxy as `directoryCa`) and Pebble's HTTPS certificate issued by it: a
+  // self-signed leaf cannot be its own trust anchor for rustls.
+  const ossl = (args: string[]) => execFileSync('openssl', args, { stdio: 'ignore' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+  ossl(['req', '-x509', ...ec, '-days', '2', '-subj', '/CN=test ACME directory CA', '-keyout', join(dir, 'ca.key'), '-out', join(dir, 'ca.pem')]);
+  ossl(['req', ...ec, '-subj', '/CN=pebble', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'req.csr')]);
+  writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n');
+  ossl(['x509', '-req', '-in', join(dir, 'req.csr'), '-CA', join(dir, 'ca.pem'), '-CAkey', join(dir, 'ca.key'), '-CAcreateserial', '-days', '2', '-extfile', join(dir, 'ext.cnf'), '-out', join(dir, 'cert.pem')]);
   const [acmePort, mgmtPort, dnsPort, chalMgmtPort] = await h.freePorts(4);
   const config: any = {
     pebble: {
@@ -96,7 +99,7 @@ export async function startPebble(opts: { httpPort: number; tlsPort?: number; va
     env: { ...process.env, PEBBLE_VA_NOSLEEP: '1', PEBBLE_WFE_NONCEREJECT: '0', PEBBLE_AUTHZREUSE: '0' },
   });
   const pebbleLog = log('pebble', pebble);
-  const ca = readFileSync(join(dir, 'cert.pem'), 'utf8');
+  const ca = readFileSync(join(dir, 'ca.pem'), 'utf8');
   const directoryUrl = `https://127.0.0.1:${acmePort}/dir`;
   const close = async () => {
     await Promise.all([stop(pebble), stop(dns)]);

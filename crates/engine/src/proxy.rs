@@ -175,7 +175,8 @@ impl Proxy {
         let backends = crate::upstream::Backends::new(false, &[], &options).map_err(EngineError::Internal)?;
         let tls = crate::tls::TlsContext::new(options.tls_session_resumption).map_err(EngineError::Internal)?;
         let shutdown = CancellationToken::new();
-        let acme = crate::acme::Acme::new(rt.handle().clone(), shutdown.clone(), tls.store.clone(), self.events.clone());
+        let acme =
+            crate::acme::Acme::new(rt.handle().clone(), shutdown.clone(), tls.store.clone(), self.events.clone());
         let shared = Arc::new(EngineContext {
             snapshot: self.snapshot.clone(),
             bridge,
@@ -296,12 +297,8 @@ impl Proxy {
                 Snapshot::build(routes, &o, &RouteStates::default(), &tls).map(|_| ()).map_err(EngineError::from)
             }
             Some(run) => {
-                let snap = Arc::new(Snapshot::build(
-                    routes,
-                    &run.shared.options,
-                    &run.shared.route_states,
-                    &run.shared.tls,
-                )?);
+                let snap =
+                    Arc::new(Snapshot::build(routes, &run.shared.options, &run.shared.route_states, &run.shared.tls)?);
                 self.apply(run, snap.clone()).await?;
                 // After the commit: new 'auto' routes are ordered, removed ones stop being served.
                 run.shared.acme.sync(snap.acme.clone()).await;
@@ -329,7 +326,8 @@ impl Proxy {
         let r = snap.table.routes().iter().find(|r| &*r.name == route)?;
         let key = r.forward().tls.as_ref()?.certificate.as_ref()?;
         let (issued, expires) = crate::tls::validity_of(key.cert.first()?).ok()?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         Some(CertificateStatus {
             domain: r.route.domains.first().map(|d| d.as_str().to_owned()).unwrap_or_default(),
             status: if expires <= now { "expired" } else { "valid" },

@@ -161,6 +161,9 @@ fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
 }
 
+/// The outcome of an order in flight, as its waiters see it (`None` until it ends).
+type OrderOutcome = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
+
 /// The ACME state of one running engine.
 pub struct Acme {
     pub tokens: Http01Tokens,
@@ -173,7 +176,7 @@ pub struct Acme {
     /// Cold: status per route.
     status: Mutex<HashMap<Arc<str>, CertStatus>>,
     /// Cold: orders in flight, per route; waiters subscribe.
-    inflight: Mutex<HashMap<Arc<str>, tokio::sync::watch::Receiver<Option<Result<(), String>>>>>,
+    inflight: Mutex<HashMap<Arc<str>, OrderOutcome>>,
     limit: tokio::sync::Semaphore,
     /// Accounts by (directory, e-mail), created once.
     accounts: tokio::sync::Mutex<HashMap<String, instant_acme::Account>>,
@@ -335,7 +338,12 @@ impl Acme {
         drop(status);
         self.log(
             LogLevel::Warn,
-            format!("certificate for route {:?} failed ({}); next try in {} s", route.name, err.message, wait.as_secs()),
+            format!(
+                "certificate for route {:?} failed ({}); next try in {} s",
+                route.name,
+                err.message,
+                wait.as_secs()
+            ),
         );
         self.events.emit(Event::Certificate(CertEvent {
             kind: "certificate-failed",

@@ -38,7 +38,17 @@ impl From<instant_acme::Error> for OrderError {
                 p.detail.as_deref().unwrap_or("no detail"),
                 p.r#type.as_deref().unwrap_or("no type")
             ),
-            other => other.to_string(),
+            other => {
+                // The whole chain: "client error (Connect)" alone says nothing.
+                let mut m = other.to_string();
+                let mut cur = std::error::Error::source(other);
+                while let Some(e) = cur {
+                    m.push_str(": ");
+                    m.push_str(&e.to_string());
+                    cur = e.source();
+                }
+                m
+            }
         };
         OrderError { message, rate_limited }
     }
@@ -65,8 +75,11 @@ fn http_client(s: &AcmeSettings) -> Result<Box<dyn instant_acme::HttpClient>, St
     let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_connect_timeout(Some(Duration::from_secs(15)));
-    let https =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(tcp);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build::<_, BodyWrapper<Bytes>>(https);
     Ok(Box::new(client))

@@ -49,8 +49,10 @@ pub struct DiskStore {
 /// A route name as a directory name: letters, digits, `.`, `-` and `_` stay, the rest becomes
 /// `_` (a name cannot climb out of the store).
 pub fn dir_name(route: &str) -> String {
-    let s: String =
-        route.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
+    let s: String = route
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect();
     match s.as_str() {
         "" | "." | ".." => format!("_{s}"),
         _ if s.starts_with('.') => format!("_{s}"),
@@ -139,9 +141,8 @@ impl DiskStore {
     }
 
     fn read_dir(dir: &Path) -> Result<Entry, String> {
-        let read = |name: &str| {
-            fs::read_to_string(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()))
-        };
+        let read =
+            |name: &str| fs::read_to_string(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()));
         let (cert_pem, key_pem, meta) = (read("cert.pem")?, read("key.pem")?, read("meta.json")?);
         let meta: serde_json::Value =
             serde_json::from_str(&meta).map_err(|e| format!("{}: meta.json: {e}", dir.display()))?;
@@ -285,6 +286,7 @@ mod tests {
         assert_eq!(s.load("r").unwrap(), Some(new.clone()));
         // The same, but the new entry was incomplete: the old one comes back.
         fs::remove_dir_all(root.join("r")).unwrap();
+        fs::remove_dir_all(root.join("r.old")).unwrap();
         s.save("r2", &old).unwrap();
         fs::rename(root.join("r2"), root.join("r.old")).unwrap();
         fs::create_dir(root.join("r.new")).unwrap();

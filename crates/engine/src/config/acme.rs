@@ -177,9 +177,10 @@ impl AcmeSettings {
             other => return unsupported(format!("ACME challenge '{}' ({label})", other.as_str())),
         }
         let production = route.use_production.unwrap_or(g.use_production);
-        let directory_url = g.directory_url.clone().unwrap_or_else(|| {
-            if production { LETS_ENCRYPT_PRODUCTION } else { LETS_ENCRYPT_STAGING }.to_owned()
-        });
+        let directory_url = g
+            .directory_url
+            .clone()
+            .unwrap_or_else(|| if production { LETS_ENCRYPT_PRODUCTION } else { LETS_ENCRYPT_STAGING }.to_owned());
         Ok(AcmeSettings {
             email,
             directory_url,
@@ -205,8 +206,8 @@ pub(super) fn parse_acme_options(a: At) -> CResult<AcmeOptions> {
     if let Some(e) = opt(a, "enabled", |x| x.bool())? {
         o.enabled = e;
     }
-    o.email = opt(a, "email", |x| x.str().map(str::to_owned))?
-        .or(opt(a, "accountEmail", |x| x.str().map(str::to_owned))?);
+    o.email =
+        opt(a, "email", |x| x.str().map(str::to_owned))?.or(opt(a, "accountEmail", |x| x.str().map(str::to_owned))?);
     if let Some(p) = opt(a, "useProduction", |x| x.bool())? {
         o.use_production = p;
     }

@@ -331,7 +331,8 @@ fn acme_settings_resolve_and_refuse() {
         let ra = f.tls.as_ref().unwrap().acme.clone().unwrap();
         (ra, r.domains.clone(), r.label())
     };
-    let (ra, d, label) = auto(json!({"email": "r@x.test", "challengePort": 9090, "renewBeforeDays": 3}), json!("a.test"));
+    let (ra, d, label) =
+        auto(json!({"email": "r@x.test", "challengePort": 9090, "renewBeforeDays": 3}), json!("a.test"));
     let s = AcmeSettings::resolve(o.acme.as_ref(), &ra, &d, &label).unwrap();
     assert_eq!((s.email.as_str(), s.http_port, s.renew_before_days), ("r@x.test", 9090, 3.0));
     assert_eq!(s.directory_url, "https://127.0.0.1:14000/dir");
