@@ -81,11 +81,11 @@ export interface IRouteAcme {
   useProduction?: boolean;
   challengePort?: number;
   renewBeforeDays?: number;
-  /** smartproxy-native: the challenge for this route (default: `acme.challenge`). Only `'http-01'` is built yet. */
+  /** smartproxy-native: the challenge for this route (default: `acme.challenge`). `'dns-01'` is not built yet. */
   challenge?: TAcmeChallenge;
 }
 
-/** How the CA validates a name. smartproxy-native answers `'http-01'`; the others are refused with `ERR_NOT_SUPPORTED` for now. */
+/** How the CA validates a name. smartproxy-native answers `'http-01'` and `'tls-alpn-01'`; `'dns-01'` is refused with `ERR_NOT_SUPPORTED` for now. */
 export type TAcmeChallenge = 'http-01' | 'tls-alpn-01' | 'dns-01';
 
 export interface IRouteTls {

@@ -1,4 +1,5 @@
 // certificate: 'auto' against a real ACME CA (Pebble): HTTP-01 issuance through a port 80 that
+// (and TLS-ALPN-01 on the route's own port)
 // a redirect route shares, the store (restart without an order, a corrupt entry replaced, two
 // proxies sharing one store), renewal on demand while an old connection keeps working, status
 // and events, a CA that cannot be reached, and the configuration errors.
@@ -245,7 +246,7 @@ tap.test('configuration errors name the route: no e-mail, a wildcard without DNS
   const unknown = await refuse({ acme: acme({ challenge: 'dns-99' }) }, [autoRoute('u', port, 'x.test')]);
   expect(unknown.code).toEqual('ERR_INVALID_CONFIG');
   expect(unknown.message).toMatch(/acme\.challenge: unknown challenge type "dns-99"/);
-  const dns = await refuse({ acme: acme({ challenge: 'dns-01' }) }, [autoRoute('d', port, 'x.test')]);
+  const dns = await refuse({ acme: acme({ challenge: 'dns-01' }) }, [autoRoute('d', port, 'x.test')]); // DNS-01: not built yet
   expect(dns.code).toEqual('ERR_NOT_SUPPORTED');
   // The route's own e-mail is enough.
   const own = new SmartProxy({ acme: { port: acmePort }, routes: [] });
@@ -254,6 +255,30 @@ tap.test('configuration errors name the route: no e-mail, a wildcard without DNS
   await own.updateRoutes([withMail]); // validated before start, against the proxy's options
   const bad: any = await own.updateRoutes([autoRoute('nomail', port, 'x.test')]).catch((e) => e);
   expect(bad.code).toEqual('ERR_INVALID_CONFIG');
+});
+
+tap.test('TLS-ALPN-01 with no HTTP port at all: validated on the route\'s own TLS port', async () => {
+  const [tlsPort, unusedHttp] = await h.freePorts(2);
+  const alpnPebble = await startPebble({ httpPort: unusedHttp, tlsPort });
+  const alpnStore = mkdtempSync(join(tmpdir(), 'spn-acme-alpn-'));
+  try {
+    const p = new SmartProxy({
+      acme: { email: 'ops@example.com', challenge: 'tls-alpn-01', port: unusedHttp, directoryUrl: alpnPebble.directoryUrl, directoryCa: alpnPebble.directoryCa, certificateStore: alpnStore },
+      routes: [autoRoute('alpn', tlsPort, 'alpn.test')],
+    });
+    const issued = nextEvent(p, 'certificate-issued');
+    await p.start();
+    expect(p.getListeningPorts()).toEqual([tlsPort]); // no HTTP challenge port
+    await issued;
+    const r = await handshake(tlsPort, 'alpn.test', await alpnPebble.root());
+    expect(r.cert!.subjectaltname).toMatch(/DNS:alpn\.test/);
+    expect(r.cert!.issuer.CN).toMatch(/Pebble Intermediate/);
+    r.socket!.destroy();
+    await p.stop();
+  } finally {
+    await alpnPebble.close();
+    rmSync(alpnStore, { recursive: true, force: true });
+  }
 });
 
 tap.test('teardown', async () => {

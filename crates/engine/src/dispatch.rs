@@ -108,6 +108,8 @@ enum Plan {
     Http,
     /// Hand the socket to a JavaScript socket handler, with this route context.
     Socket { handler: u32, context: serde_json::Value },
+    /// Complete an ACME TLS-ALPN-01 validation handshake with this configuration, then close.
+    AcmeValidation(Arc<rustls::ServerConfig>),
 }
 
 async fn serve(
@@ -141,6 +143,18 @@ async fn serve(
             return Box::pin(with_lifetime(crate::http::serve(stream, cx, idle), &guard.rec, lifetime)).await;
         }
         Plan::Socket { handler, context } => return hand_over(stream, handler, context, sh, &guard.rec),
+        Plan::AcmeValidation(cfg) => {
+            let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+            return match Box::pin(tokio::time::timeout(o.initial_data_timeout, accept)).await {
+                Ok(Ok(mut tls)) => {
+                    // The CA only checks the certificate; the connection ends here.
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                    Termination::ClientClosed
+                }
+                Ok(Err(_)) => Termination::TlsError,
+                Err(_) => Termination::InitialDataTimeout,
+            };
+        }
         Plan::Relay(t) => t,
     };
     // Boxed: connect state (address resolution, timer) is transient.
@@ -174,7 +188,8 @@ async fn plan(
     // While HTTP-01 validations are out, their port looks at every connection's first bytes, so
     // that no route (a redirect, a socket handler, a layer-4 forward) swallows the CA's request.
     let acme_port = sh.acme.answers_on(port);
-    let early = if acme_port { Early::NeedData } else { table.early(port, ip) };
+    // Likewise, while TLS-ALPN-01 validations are out, ClientHellos are looked at on every port.
+    let early = if acme_port || !sh.acme.alpn.is_empty() { Early::NeedData } else { table.early(port, ip) };
     let idx = match early {
         Early::Route(i) => Some(i),
         Early::NoMatch => None,
@@ -191,6 +206,9 @@ async fn plan(
             };
             match &initial {
                 Initial::Tls(h) => {
+                    if let Some(cfg) = sh.acme.alpn.validation_config(h.sni.as_deref(), &h.alpn) {
+                        return Ok(Plan::AcmeValidation(cfg));
+                    }
                     is_tls = true;
                     if !o.allow_session_ticket && h.sni.is_none() && h.resumption {
                         send_alert(client, ALERT_HANDSHAKE_FAILURE).await;

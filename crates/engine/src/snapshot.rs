@@ -78,10 +78,11 @@ impl Snapshot {
 
 impl Snapshot {
     /// The listening ports this snapshot needs: its routes' ports, and the HTTP-01 challenge
-    /// ports of its `'auto'` routes (listened on while such routes exist).
+    /// ports of its `'auto'` routes (listened on while such routes exist; TLS-ALPN-01 needs
+    /// only the routes' own TLS ports).
     pub fn port_counts(&self) -> HashMap<u16, usize> {
         let mut counts = self.table.port_counts();
-        for r in &self.acme {
+        for r in self.acme.iter().filter(|r| r.settings.challenge == crate::config::AcmeChallenge::Http01) {
             *counts.entry(r.settings.http_port).or_default() += 1;
         }
         counts

@@ -78,6 +78,93 @@ impl Http01Tokens {
     }
 }
 
+/// TLS-ALPN-01 validation certificates (RFC 8737), by name: served to ClientHellos that offer
+/// only the `acme-tls/1` protocol, through their own server configuration.
+pub struct AlpnCerts {
+    map: Arc<DashMap<String, Arc<rustls::sign::CertifiedKey>>>,
+    count: AtomicUsize,
+    /// Made on first use; `None` if rustls refused it (the validation then fails, nothing else).
+    config: std::sync::OnceLock<Option<Arc<rustls::ServerConfig>>>,
+}
+
+/// The ALPN protocol of TLS-ALPN-01 validations.
+pub const ACME_TLS_ALPN: &str = "acme-tls/1";
+
+#[derive(Debug)]
+struct AlpnResolver(Arc<DashMap<String, Arc<rustls::sign::CertifiedKey>>>);
+
+impl rustls::server::ResolvesServerCert for AlpnResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = crate::matching::normalize_host(hello.server_name()?);
+        self.0.get(&*name).map(|c| c.clone())
+    }
+}
+
+impl Default for AlpnCerts {
+    fn default() -> Self {
+        AlpnCerts { map: Arc::default(), count: AtomicUsize::new(0), config: std::sync::OnceLock::new() }
+    }
+}
+
+impl AlpnCerts {
+    pub fn insert(&self, name: &str, key: Arc<rustls::sign::CertifiedKey>) {
+        if self.map.insert(name.to_ascii_lowercase(), key).is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn remove(&self, name: &str) {
+        if self.map.remove(&name.to_ascii_lowercase()).is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::Relaxed) == 0
+    }
+
+    /// The server configuration for a ClientHello that offers `alpn` naming `sni`, when it is a
+    /// TLS-ALPN-01 validation of a name being validated.
+    pub fn validation_config(&self, sni: Option<&str>, alpn: &[String]) -> Option<Arc<rustls::ServerConfig>> {
+        if self.is_empty() || !alpn.iter().any(|p| p == ACME_TLS_ALPN) {
+            return None;
+        }
+        let name = crate::matching::normalize_host(sni?);
+        if !self.map.contains_key(&*name) {
+            return None;
+        }
+        self.config
+            .get_or_init(|| {
+                let mut cfg = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                    .ok()?
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(AlpnResolver(self.map.clone())));
+                cfg.alpn_protocols = vec![ACME_TLS_ALPN.as_bytes().to_vec()];
+                cfg.send_tls13_tickets = 0;
+                Some(Arc::new(cfg))
+            })
+            .clone()
+    }
+}
+
+/// The validation certificate of TLS-ALPN-01 for `name` (RFC 8737 §3): self-signed, the name as
+/// its only SAN, the SHA-256 of the key authorization in the critical `acmeIdentifier` extension.
+pub fn alpn_validation_cert(name: &str, key_auth_digest: &[u8]) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    if key_auth_digest.len() != 32 {
+        return Err("the key authorization digest is not 32 bytes".into());
+    }
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(key_auth_digest)];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    // Built directly: the usual key-match check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension (both were made together just above).
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(vec![cert.der().clone()], signing)))
+}
+
 /// An `'auto'` route as ACME sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoRoute {
@@ -167,6 +254,7 @@ type OrderOutcome = tokio::sync::watch::Receiver<Option<Result<(), String>>>;
 /// The ACME state of one running engine.
 pub struct Acme {
     pub tokens: Http01Tokens,
+    pub alpn: AlpnCerts,
     handle: tokio::runtime::Handle,
     shutdown: CancellationToken,
     certs: Arc<CertStore>,
@@ -194,6 +282,7 @@ impl Acme {
     ) -> Arc<Self> {
         let acme = Arc::new(Acme {
             tokens: Http01Tokens::default(),
+            alpn: AlpnCerts::default(),
             handle: handle.clone(),
             shutdown,
             certs,
@@ -222,7 +311,11 @@ impl Acme {
     /// Installs the `'auto'` routes of a newly committed route table: stored certificates are
     /// served before this returns; missing and due ones are ordered in the background.
     pub async fn sync(self: &Arc<Self>, routes: Vec<Arc<AutoRoute>>) {
-        let mut ports: Vec<u16> = routes.iter().map(|r| r.settings.http_port).collect();
+        let mut ports: Vec<u16> = routes
+            .iter()
+            .filter(|r| r.settings.challenge == crate::config::AcmeChallenge::Http01)
+            .map(|r| r.settings.http_port)
+            .collect();
         ports.sort_unstable();
         ports.dedup();
         *self.http_ports.lock().unwrap_or_else(|p| p.into_inner()) = ports;
@@ -485,7 +578,7 @@ impl Acme {
                 }
             }
         };
-        let issued = order::order(&account, &route.domains, &self.tokens).await?;
+        let issued = order::order(&account, &route.domains, route.settings.challenge, self).await?;
         let (issued_ms, expires_ms) = crate::tls::validity_ms(&issued.cert_pem)?;
         let entry = Entry {
             cert_pem: issued.cert_pem,
@@ -585,6 +678,28 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(120));
         assert_eq!(backoff(5), Duration::from_secs(960));
         assert_eq!(backoff(30), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn alpn_validation_certificates_carry_the_digest() {
+        let digest = [7u8; 32];
+        let ck = alpn_validation_cert("a.test", &digest).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(ck.cert[0].as_ref()).unwrap();
+        let ext = cert
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("the acmeIdentifier extension (final OID)");
+        assert!(ext.critical);
+        assert!(ext.value.ends_with(&digest));
+        let a = AlpnCerts::default();
+        a.insert("A.test", ck);
+        let alpn = vec![ACME_TLS_ALPN.to_owned()];
+        assert!(a.validation_config(Some("a.test"), &alpn).is_some());
+        assert!(a.validation_config(Some("a.test"), &["h2".to_owned()]).is_none(), "other clients are unaffected");
+        assert!(a.validation_config(Some("b.test"), &alpn).is_none());
+        a.remove("a.test");
+        assert!(a.is_empty());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! fresh ECDSA P-256 key, and the certificate chain.
 
 use super::store::DiskStore;
-use super::Http01Tokens;
-use crate::config::AcmeSettings;
+use super::Acme;
+use crate::config::{AcmeChallenge, AcmeSettings};
 use bytes::Bytes;
 use instant_acme::{
     Account, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
@@ -120,13 +120,28 @@ pub async fn account(s: &AcmeSettings, store: &DiskStore) -> Result<Account, Ord
     Ok(account)
 }
 
-/// Orders a certificate for `domains`, answering HTTP-01 through `tokens`. Published tokens are
-/// withdrawn when the order ends, whatever the outcome.
-pub async fn order(account: &Account, domains: &[String], tokens: &Http01Tokens) -> Result<Issued, OrderError> {
-    let mut published = Vec::new();
-    let r = order_inner(account, domains, tokens, &mut published).await;
-    for t in published {
-        tokens.remove(&t);
+/// What an order published for its validations (withdrawn when it ends, whatever the outcome).
+#[derive(Default)]
+struct Published {
+    tokens: Vec<String>,
+    names: Vec<String>,
+}
+
+/// Orders a certificate for `domains`, answering `challenge` through the proxy (`acme`'s HTTP-01
+/// tokens or TLS-ALPN-01 certificates).
+pub async fn order(
+    account: &Account,
+    domains: &[String],
+    challenge: AcmeChallenge,
+    acme: &Acme,
+) -> Result<Issued, OrderError> {
+    let mut published = Published::default();
+    let r = order_inner(account, domains, challenge, acme, &mut published).await;
+    for t in published.tokens {
+        acme.tokens.remove(&t);
+    }
+    for n in published.names {
+        acme.alpn.remove(&n);
     }
     r
 }
@@ -134,9 +149,15 @@ pub async fn order(account: &Account, domains: &[String], tokens: &Http01Tokens)
 async fn order_inner(
     account: &Account,
     domains: &[String],
-    tokens: &Http01Tokens,
-    published: &mut Vec<String>,
+    challenge: AcmeChallenge,
+    acme: &Acme,
+    published: &mut Published,
 ) -> Result<Issued, OrderError> {
+    let kind = match challenge {
+        AcmeChallenge::Http01 => ChallengeType::Http01,
+        AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        AcmeChallenge::Dns01 => return Err("the DNS-01 challenge is not supported yet".to_owned().into()),
+    };
     let ids: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&ids)).await?;
     {
@@ -149,13 +170,22 @@ async fn order_inner(
                 other => return Err(format!("authorization for {} is {other:?}", a.identifier()).into()),
             }
             let name = a.identifier().to_string();
-            let mut challenge = a
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| format!("the CA offers no http-01 challenge for {name}"))?;
-            let key_auth = challenge.key_authorization();
-            tokens.insert(challenge.token.clone(), key_auth.as_str().to_owned());
-            published.push(challenge.token.clone());
-            challenge.set_ready().await?;
+            let mut ch = a
+                .challenge(kind.clone())
+                .ok_or_else(|| format!("the CA offers no {} challenge for {name}", challenge.as_str()))?;
+            let key_auth = ch.key_authorization();
+            match challenge {
+                AcmeChallenge::TlsAlpn01 => {
+                    let cert = super::alpn_validation_cert(&name, key_auth.digest().as_ref())?;
+                    acme.alpn.insert(&name, cert);
+                    published.names.push(name.clone());
+                }
+                _ => {
+                    acme.tokens.insert(ch.token.clone(), key_auth.as_str().to_owned());
+                    published.tokens.push(ch.token.clone());
+                }
+            }
+            ch.set_ready().await?;
         }
     }
     let retry = RetryPolicy::new().initial_delay(Duration::from_millis(250)).backoff(1.5).timeout(ORDER_TIMEOUT);

@@ -172,9 +172,8 @@ impl AcmeSettings {
                 )));
             }
         }
-        match challenge {
-            AcmeChallenge::Http01 => {}
-            other => return unsupported(format!("ACME challenge '{}' ({label})", other.as_str())),
+        if challenge == AcmeChallenge::Dns01 {
+            return unsupported(format!("ACME challenge 'dns-01' ({label})"));
         }
         let production = route.use_production.unwrap_or(g.use_production);
         let directory_url = g
