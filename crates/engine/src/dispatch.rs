@@ -143,18 +143,8 @@ async fn serve(
             return Box::pin(with_lifetime(crate::http::serve(stream, cx, idle), &guard.rec, lifetime)).await;
         }
         Plan::Socket { handler, context } => return hand_over(stream, handler, context, sh, &guard.rec),
-        Plan::AcmeValidation(cfg) => {
-            let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
-            return match Box::pin(tokio::time::timeout(o.initial_data_timeout, accept)).await {
-                Ok(Ok(mut tls)) => {
-                    // The CA only checks the certificate; the connection ends here.
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-                    Termination::ClientClosed
-                }
-                Ok(Err(_)) => Termination::TlsError,
-                Err(_) => Termination::InitialDataTimeout,
-            };
-        }
+        // Boxed: a rare path must not size every connection's future.
+        Plan::AcmeValidation(cfg) => return Box::pin(acme_validation(stream, cfg, o.initial_data_timeout)).await,
         Plan::Relay(t) => t,
     };
     // Boxed: connect state (address resolution, timer) is transient.
@@ -355,6 +345,19 @@ fn hand_over(
         // Not delivered: the parked socket is closed here.
         sh.handoffs.discard(rec.id);
         Termination::HandlerError
+    }
+}
+
+/// An ACME TLS-ALPN-01 validation: the handshake with the validation certificate, then close
+/// (the CA only checks the certificate).
+async fn acme_validation(stream: TcpStream, cfg: Arc<rustls::ServerConfig>, timeout: Duration) -> Termination {
+    match tokio::time::timeout(timeout, tokio_rustls::TlsAcceptor::from(cfg).accept(stream)).await {
+        Ok(Ok(mut tls)) => {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            Termination::ClientClosed
+        }
+        Ok(Err(_)) => Termination::TlsError,
+        Err(_) => Termination::InitialDataTimeout,
     }
 }
 
