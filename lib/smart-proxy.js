@@ -142,6 +142,8 @@ class SmartProxy extends EventEmitter {
   updateRoutes(newRoutes) {
     return this._enqueue(async () => {
       this._functions.begin();
+      // Functions of the options (certProvisionFunction) stay callable for the proxy's life.
+      if (typeof this.settings.certProvisionFunction === 'function') this._functions.register(this.settings.certProvisionFunction);
       const routes = routesToJson(newRoutes, this._functions);
       // Before start(), the routes are only validated: against the options start() will use.
       const options = this._native.isRunning() ? undefined : optionsToJson(this.settings, this._functions);

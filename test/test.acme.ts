@@ -281,6 +281,51 @@ tap.test('TLS-ALPN-01 with no HTTP port at all: validated on the route\'s own TL
   }
 });
 
+tap.test('certProvisionFunction: a certificate object, \'http01\', and a throw with and without the ACME fallback', async () => {
+  const port = await h.freePort();
+  const custom = h.makeCert('custom.test');
+  const run = async (fn: (domain: string) => Promise<any>, fallback?: boolean) => {
+    const dir = mkdtempSync(join(tmpdir(), 'spn-acme-custom-'));
+    const asked: string[] = [];
+    const p = new SmartProxy({
+      acme: acme({ certificateStore: dir }),
+      certProvisionFunction: async (d: string) => (asked.push(d), fn(d)),
+      ...(fallback === undefined ? {} : { certProvisionFallbackToAcme: fallback }),
+      routes: [autoRoute('custom', port, 'custom.test')],
+    });
+    const outcome = Promise.race([nextEvent(p, 'certificate-issued', 30_000), nextEvent(p, 'certificate-failed', 30_000).then((e) => ({ failed: e }))]);
+    await p.start();
+    const ev: any = await outcome;
+    const status = p.getCertificateStatus('custom')!;
+    const served = ev.failed ? undefined : await handshake(port, 'custom.test');
+    served?.socket?.destroy();
+    await p.stop();
+    rmSync(dir, { recursive: true, force: true });
+    return { ev, status, served, asked };
+  };
+  // A certificate object: served as it is, source 'custom', no ACME order.
+  const obj = await run(async (d) => ({ id: '1', domainName: d, created: Date.now(), privateKey: custom.key, publicKey: custom.cert, csr: '', validUntil: 0 }));
+  expect(obj.asked).toEqual(['custom.test']);
+  expect(obj.ev.source).toEqual('custom');
+  expect(obj.status.source).toEqual('custom');
+  expect(obj.served!.cert!.subject.CN).toEqual('custom.test');
+  expect(obj.served!.cert!.issuer.CN).toEqual('custom.test'); // the self-signed one given, not Pebble's
+  // 'http01': ACME.
+  const viaAcme = await run(async () => 'http01');
+  expect(viaAcme.ev.source).toEqual('acme');
+  expect(viaAcme.served!.cert!.issuer.CN).toMatch(/Pebble Intermediate/);
+  // A throw: ACME by default, an error without the fallback.
+  const thrown = await run(async () => {
+    throw new Error('no certificate here');
+  });
+  expect(thrown.ev.source).toEqual('acme');
+  const strict = await run(async () => {
+    throw new Error('no certificate here');
+  }, false);
+  expect(strict.ev.failed.error).toMatch(/certProvisionFunction failed: .*no certificate here/);
+  expect(strict.status.status).toEqual('error');
+});
+
 tap.test('teardown', async () => {
   await pebble.close();
   await new Promise((r) => backend.close(r));

@@ -175,8 +175,21 @@ impl Proxy {
         let backends = crate::upstream::Backends::new(false, &[], &options).map_err(EngineError::Internal)?;
         let tls = crate::tls::TlsContext::new(options.tls_session_resumption).map_err(EngineError::Internal)?;
         let shutdown = CancellationToken::new();
-        let acme =
-            crate::acme::Acme::new(rt.handle().clone(), shutdown.clone(), tls.store.clone(), self.events.clone());
+        let provision = match (options.cert_provision_fn, &bridge) {
+            (Some(function), Some(b)) => Some(crate::acme::CustomProvision {
+                bridge: b.clone(),
+                function,
+                fallback_to_acme: options.cert_provision_fallback_to_acme,
+            }),
+            _ => None,
+        };
+        let acme = crate::acme::Acme::new(
+            rt.handle().clone(),
+            shutdown.clone(),
+            tls.store.clone(),
+            self.events.clone(),
+            provision,
+        );
         let shared = Arc::new(EngineContext {
             snapshot: self.snapshot.clone(),
             bridge,

@@ -271,6 +271,27 @@ pub struct Acme {
     wake: tokio::sync::Notify,
     /// Ports that answer HTTP-01 challenges.
     http_ports: Mutex<Vec<u16>>,
+    /// `certProvisionFunction` and how to call it, when configured.
+    provision: Option<CustomProvision>,
+}
+
+/// `certProvisionFunction`: asked first, through the JavaScript bridge, for each certificate.
+pub struct CustomProvision {
+    pub bridge: Arc<dyn crate::js::JsBridge>,
+    pub function: u32,
+    /// `certProvisionFallbackToAcme`.
+    pub fallback_to_acme: bool,
+}
+
+/// How long `certProvisionFunction` may take.
+const PROVISION_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What `certProvisionFunction` answered.
+enum Provided {
+    /// A certificate (`source: 'custom'`).
+    Cert(Entry),
+    /// `'http01'`: use ACME.
+    Acme,
 }
 
 impl Acme {
@@ -279,6 +300,7 @@ impl Acme {
         shutdown: CancellationToken,
         certs: Arc<CertStore>,
         events: Arc<dyn EventSink>,
+        provision: Option<CustomProvision>,
     ) -> Arc<Self> {
         let acme = Arc::new(Acme {
             tokens: Http01Tokens::default(),
@@ -294,6 +316,7 @@ impl Acme {
             accounts: tokio::sync::Mutex::default(),
             wake: tokio::sync::Notify::new(),
             http_ports: Mutex::default(),
+            provision,
         });
         handle.spawn(acme.clone().schedule());
         acme
@@ -566,6 +589,17 @@ impl Acme {
             self.install(route, &e, None);
             return Ok(());
         }
+        if let Some(p) = &self.provision {
+            match self.call_provision(p, route).await {
+                Ok(Provided::Cert(entry)) => return self.keep(store, route, entry, had).await,
+                Ok(Provided::Acme) => {}
+                Err(why) if p.fallback_to_acme => self.log(
+                    LogLevel::Warn,
+                    format!("certProvisionFunction failed for route {:?} ({why}); ordering from ACME", route.name),
+                ),
+                Err(why) => return Err(format!("certProvisionFunction failed: {why}").into()),
+            }
+        }
         let account = {
             let key = format!("{}\n{}", route.settings.directory_url, route.settings.email);
             let mut accounts = self.accounts.lock().await;
@@ -588,6 +622,44 @@ impl Acme {
             expires_ms,
             source: "acme".into(),
         };
+        self.keep(store, route, entry, had).await
+    }
+
+    /// Asks `certProvisionFunction` for the certificate of `route` (its first name, as upstream).
+    async fn call_provision(&self, p: &CustomProvision, route: &AutoRoute) -> Result<Provided, String> {
+        let domain = route.domains.first().cloned().unwrap_or_default();
+        let call = p.bridge.call(p.function, serde_json::Value::String(domain));
+        let v = match tokio::time::timeout(PROVISION_CALL_TIMEOUT, call).await {
+            Err(_) => return Err(format!("it did not settle within {} s", PROVISION_CALL_TIMEOUT.as_secs())),
+            Ok(r) => r?,
+        };
+        if v.as_str() == Some("http01") {
+            return Ok(Provided::Acme);
+        }
+        let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        let (Some(cert_pem), Some(key_pem)) = (field("publicKey"), field("privateKey")) else {
+            return Err("it returned neither a certificate object (publicKey, privateKey) nor 'http01'".into());
+        };
+        crate::tls::certified_key(&cert_pem, &key_pem, None)?;
+        let (issued_ms, expires_ms) = crate::tls::validity_ms(&cert_pem)?;
+        Ok(Provided::Cert(Entry {
+            cert_pem,
+            key_pem,
+            domains: route.domains.clone(),
+            issued_ms,
+            expires_ms,
+            source: "custom".into(),
+        }))
+    }
+
+    /// Stores and serves a new certificate of `route`, and tells the embedder.
+    async fn keep(
+        &self,
+        store: &DiskStore,
+        route: &AutoRoute,
+        entry: Entry,
+        had: Option<i64>,
+    ) -> Result<(), order::OrderError> {
         let (s, name, e) = (store.clone(), route.name.clone(), entry.clone());
         let saved = self.handle.spawn_blocking(move || s.save(&name, &e)).await.map_err(|e| e.to_string())?;
         if let Err(e) = saved {

@@ -73,6 +73,12 @@ pub struct ProxyOptions {
     pub tls_session_resumption: bool,
     /// The global `acme` options, when given (defaults for every `'auto'` route).
     pub acme: Option<AcmeOptions>,
+    /// `certProvisionFunction`: the JavaScript function (bridge id) asked first for the
+    /// certificate of an `'auto'` route.
+    pub cert_provision_fn: Option<u32>,
+    /// `certProvisionFallbackToAcme`: when that function throws, order from ACME instead of
+    /// failing. Default true.
+    pub cert_provision_fallback_to_acme: bool,
 }
 
 impl Default for ProxyOptions {
@@ -105,6 +111,8 @@ impl Default for ProxyOptions {
             worker_threads: None,
             tls_session_resumption: true,
             acme: None,
+            cert_provision_fn: None,
+            cert_provision_fallback_to_acme: true,
         }
     }
 }
@@ -302,8 +310,14 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
         if truthy(at.get("sendProxyProtocol")) {
             return unsupported("PROXY protocol (sendProxyProtocol)");
         }
-        if at.has("certProvisionFunction") {
-            return unsupported("certProvisionFunction");
+        if let Some(f) = at.get("certProvisionFunction").filter(|v| !v.is_null()) {
+            let Some(id) = f.get("$fn").and_then(Value::as_u64) else {
+                return Err(ConfigError::Invalid("certProvisionFunction: expected a function".into()));
+            };
+            o.cert_provision_fn = Some(id as u32);
+        }
+        if let Some(b) = opt(at, "certProvisionFallbackToAcme", |a| a.bool())? {
+            o.cert_provision_fallback_to_acme = b;
         }
         if let Some(u) = opt(at, "useHttpProxy", |a| each(a, |p| p.port()))? {
             let _ = u; // Termination is in-process; these ports need no hand-off (README "Compatibility").

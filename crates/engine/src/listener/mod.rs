@@ -116,6 +116,7 @@ mod tests {
                 CancellationToken::new(),
                 Default::default(),
                 Arc::new(crate::events::NullSink),
+                None,
             ),
             events: Arc::new(crate::events::NullSink),
             shutdown: CancellationToken::new(),
