@@ -81,11 +81,11 @@ export interface IRouteAcme {
   useProduction?: boolean;
   challengePort?: number;
   renewBeforeDays?: number;
-  /** smartproxy-native: the challenge for this route (default: `acme.challenge`). `'dns-01'` is not built yet. */
+  /** smartproxy-native: the challenge for this route (default: `acme.challenge`). `'dns-01'` needs `acme.dns01`. */
   challenge?: TAcmeChallenge;
 }
 
-/** How the CA validates a name. smartproxy-native answers `'http-01'` and `'tls-alpn-01'`; `'dns-01'` is refused with `ERR_NOT_SUPPORTED` for now. */
+/** How the CA validates a name: `'http-01'` and `'tls-alpn-01'` are answered by the proxy, `'dns-01'` through `acme.dns01`. */
 export type TAcmeChallenge = 'http-01' | 'tls-alpn-01' | 'dns-01';
 
 export interface IRouteTls {
@@ -243,6 +243,16 @@ export interface IAcmeOptions {
   directoryCa?: string;
   /** smartproxy-native: the challenge of every `'auto'` route (default `'http-01'`). */
   challenge?: TAcmeChallenge;
+  /**
+   * smartproxy-native: DNS-01 (needed for wildcard names) through your DNS provider's API.
+   * `name` is the full record name without a trailing dot (`_acme-challenge.example.com`, also
+   * for `*.example.com`), `value` the TXT value. Records are removed after validation, also when
+   * it fails.
+   */
+  dns01?: {
+    setRecord: (name: string, value: string) => void | Promise<void>;
+    removeRecord: (name: string, value: string) => void | Promise<void>;
+  };
 }
 
 /** `@tsclass/tsclass` network.ICert. */

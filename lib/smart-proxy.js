@@ -104,7 +104,9 @@ class SmartProxy extends EventEmitter {
     if (typeof fn !== 'function') return Promise.reject(new Error(`function ${fnId} is gone`));
     let result;
     try {
-      result = fn(JSON.parse(context));
+      const arg = JSON.parse(context);
+      // Several arguments travel as { $args: [...] } (acme.dns01's setRecord(name, value)).
+      result = arg && Array.isArray(arg.$args) ? fn(...arg.$args) : fn(arg);
     } catch (err) {
       return Promise.reject(err);
     }

@@ -17,6 +17,10 @@ export interface Pebble {
   httpPort: number;
   /** PEM of the root that signs issued certificates (fetched from Pebble). */
   root: () => Promise<string>;
+  /** pebble-challtestsrv's management API (DNS-01 TXT records: POST /set-txt, /clear-txt). */
+  dnsManagement: string;
+  /** The DNS server Pebble resolves names with (127.0.0.1:port). */
+  dnsServer: string;
   close: () => Promise<void>;
 }
 
@@ -116,6 +120,8 @@ export async function startPebble(opts: { httpPort: number; tlsPort?: number; va
     directoryCa: ca,
     httpPort: opts.httpPort,
     root: async () => (await get(`https://127.0.0.1:${mgmtPort}/roots/0`, ca)).body,
+    dnsManagement: `http://127.0.0.1:${chalMgmtPort}`,
+    dnsServer: `127.0.0.1:${dnsPort}`,
     close,
   };
 }

@@ -1,9 +1,10 @@
 // certificate: 'auto' against a real ACME CA (Pebble): HTTP-01 issuance through a port 80 that
-// (and TLS-ALPN-01 on the route's own port)
+// (TLS-ALPN-01 on the route's own port, DNS-01 for a wildcard through challtestsrv)
 // a redirect route shares, the store (restart without an order, a corrupt entry replaced, two
 // proxies sharing one store), renewal on demand while an old connection keeps working, status
 // and events, a CA that cannot be reached, and the configuration errors.
 import { tap, expect } from '@git.zone/tstest/tapbundle';
+import * as dns from 'node:dns/promises';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
@@ -246,8 +247,9 @@ tap.test('configuration errors name the route: no e-mail, a wildcard without DNS
   const unknown = await refuse({ acme: acme({ challenge: 'dns-99' }) }, [autoRoute('u', port, 'x.test')]);
   expect(unknown.code).toEqual('ERR_INVALID_CONFIG');
   expect(unknown.message).toMatch(/acme\.challenge: unknown challenge type "dns-99"/);
-  const dns = await refuse({ acme: acme({ challenge: 'dns-01' }) }, [autoRoute('d', port, 'x.test')]); // DNS-01: not built yet
-  expect(dns.code).toEqual('ERR_NOT_SUPPORTED');
+  const dns = await refuse({ acme: acme({ challenge: 'dns-01' }) }, [autoRoute('d', port, 'x.test')]);
+  expect(dns.code).toEqual('ERR_INVALID_CONFIG');
+  expect(dns.message).toMatch(/route "d" \(index 0\).*acme\.dns01/);
   // The route's own e-mail is enough.
   const own = new SmartProxy({ acme: { port: acmePort }, routes: [] });
   const withMail = { ...autoRoute('own', port, 'x.test') };
@@ -324,6 +326,55 @@ tap.test('certProvisionFunction: a certificate object, \'http01\', and a throw w
   }, false);
   expect(strict.ev.failed.error).toMatch(/certProvisionFunction failed: .*no certificate here/);
   expect(strict.status.status).toEqual('error');
+});
+
+tap.test('DNS-01 for a wildcard through acme.dns01: records really set in challtestsrv, removed after', async () => {
+  const port = await h.freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'spn-acme-dns-'));
+  const post = (path: string, body: object) =>
+    new Promise<number>((resolve, reject) => {
+      const req = http.request(`${pebble.dnsManagement}${path}`, { method: 'POST' }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      });
+      req.on('error', reject);
+      req.end(JSON.stringify(body));
+    });
+  const calls: string[] = [];
+  const resolver = new dns.Resolver();
+  resolver.setServers([pebble.dnsServer]);
+  const txt = (name: string) => resolver.resolveTxt(name).then((r) => r.flat(), () => [] as string[]);
+  let seenWhileSet: string[] = [];
+  const p = new SmartProxy({
+    acme: acme({
+      certificateStore: dir,
+      challenge: 'dns-01',
+      dns01: {
+        setRecord: async (name: string, value: string) => {
+          calls.push(`set ${name}`);
+          expect(await post('/set-txt', { host: `${name}.`, value })).toEqual(200);
+          seenWhileSet = await txt(name);
+        },
+        removeRecord: async (name: string, value: string) => {
+          calls.push(`remove ${name}`);
+          await post('/clear-txt', { host: `${name}.`, value });
+        },
+      },
+    }),
+    routes: [autoRoute('wild', port, '*.wild.test')],
+  });
+  const issued = nextEvent(p, 'certificate-issued');
+  await p.start();
+  await issued;
+  expect(calls).toEqual(['set _acme-challenge.wild.test', 'remove _acme-challenge.wild.test']);
+  expect(seenWhileSet.length).toEqual(1);
+  expect(await txt('_acme-challenge.wild.test')).toEqual([]);
+  const r = await handshake(port, 'deep.wild.test');
+  expect(r.cert!.subjectaltname).toMatch(/DNS:\*\.wild\.test/);
+  expect(r.cert!.issuer.CN).toMatch(/Pebble Intermediate/);
+  r.socket!.destroy();
+  await p.stop();
+  rmSync(dir, { recursive: true, force: true });
 });
 
 tap.test('teardown', async () => {

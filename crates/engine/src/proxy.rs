@@ -189,6 +189,7 @@ impl Proxy {
             tls.store.clone(),
             self.events.clone(),
             provision,
+            bridge.clone(),
         );
         let shared = Arc::new(EngineContext {
             snapshot: self.snapshot.clone(),

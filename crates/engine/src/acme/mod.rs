@@ -273,6 +273,8 @@ pub struct Acme {
     http_ports: Mutex<Vec<u16>>,
     /// `certProvisionFunction` and how to call it, when configured.
     provision: Option<CustomProvision>,
+    /// The JavaScript bridge (DNS-01 functions), when the embedder has one.
+    bridge: Option<Arc<dyn crate::js::JsBridge>>,
 }
 
 /// `certProvisionFunction`: asked first, through the JavaScript bridge, for each certificate.
@@ -301,6 +303,7 @@ impl Acme {
         certs: Arc<CertStore>,
         events: Arc<dyn EventSink>,
         provision: Option<CustomProvision>,
+        bridge: Option<Arc<dyn crate::js::JsBridge>>,
     ) -> Arc<Self> {
         let acme = Arc::new(Acme {
             tokens: Http01Tokens::default(),
@@ -317,6 +320,7 @@ impl Acme {
             wake: tokio::sync::Notify::new(),
             http_ports: Mutex::default(),
             provision,
+            bridge,
         });
         handle.spawn(acme.clone().schedule());
         acme
@@ -324,6 +328,10 @@ impl Acme {
 
     fn log(&self, level: LogLevel, message: String) {
         self.events.emit(Event::Log { level, message });
+    }
+
+    pub(crate) fn warn(&self, message: String) {
+        self.log(LogLevel::Warn, message);
     }
 
     /// Whether `port` answers HTTP-01 challenges right now (tokens are out).
@@ -612,7 +620,7 @@ impl Acme {
                 }
             }
         };
-        let issued = order::order(&account, &route.domains, route.settings.challenge, self).await?;
+        let issued = order::order(&account, &route.domains, &route.settings, self).await?;
         let (issued_ms, expires_ms) = crate::tls::validity_ms(&issued.cert_pem)?;
         let entry = Entry {
             cert_pem: issued.cert_pem,

@@ -125,23 +125,41 @@ pub async fn account(s: &AcmeSettings, store: &DiskStore) -> Result<Account, Ord
 struct Published {
     tokens: Vec<String>,
     names: Vec<String>,
+    /// DNS-01 TXT records: (name, value).
+    records: Vec<(String, String)>,
 }
 
-/// Orders a certificate for `domains`, answering `challenge` through the proxy (`acme`'s HTTP-01
-/// tokens or TLS-ALPN-01 certificates).
-pub async fn order(
-    account: &Account,
-    domains: &[String],
-    challenge: AcmeChallenge,
-    acme: &Acme,
-) -> Result<Issued, OrderError> {
+/// How long a DNS-01 function may take.
+const DNS_CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Calls `acme.dns01.setRecord` / `removeRecord` with (name, value).
+async fn call_dns(acme: &Acme, function: u32, name: &str, value: &str) -> Result<(), String> {
+    let bridge = acme.bridge.as_ref().ok_or("DNS-01 needs the JavaScript bridge (acme.dns01 functions)")?;
+    let call = bridge.call(function, serde_json::json!({ "$args": [name, value] }));
+    match tokio::time::timeout(DNS_CALL_TIMEOUT, call).await {
+        Err(_) => Err(format!("the DNS-01 function did not settle within {} s", DNS_CALL_TIMEOUT.as_secs())),
+        Ok(r) => r.map(|_| ()),
+    }
+}
+
+/// Orders a certificate for `domains` with `s`'s challenge, answered through the proxy
+/// (`acme`'s HTTP-01 tokens or TLS-ALPN-01 certificates) or the user's DNS-01 functions.
+pub async fn order(account: &Account, domains: &[String], s: &AcmeSettings, acme: &Acme) -> Result<Issued, OrderError> {
     let mut published = Published::default();
-    let r = order_inner(account, domains, challenge, acme, &mut published).await;
+    let r = order_inner(account, domains, s, acme, &mut published).await;
     for t in published.tokens {
         acme.tokens.remove(&t);
     }
     for n in published.names {
         acme.alpn.remove(&n);
+    }
+    if let Some(hooks) = s.dns01 {
+        for (name, value) in published.records {
+            // Removed also when validation failed; a failure here is logged, not fatal.
+            if let Err(why) = call_dns(acme, hooks.remove_record, &name, &value).await {
+                acme.warn(format!("acme.dns01.removeRecord({name}) failed: {why}"));
+            }
+        }
     }
     r
 }
@@ -149,14 +167,15 @@ pub async fn order(
 async fn order_inner(
     account: &Account,
     domains: &[String],
-    challenge: AcmeChallenge,
+    s: &AcmeSettings,
     acme: &Acme,
     published: &mut Published,
 ) -> Result<Issued, OrderError> {
+    let challenge = s.challenge;
     let kind = match challenge {
         AcmeChallenge::Http01 => ChallengeType::Http01,
         AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
-        AcmeChallenge::Dns01 => return Err("the DNS-01 challenge is not supported yet".to_owned().into()),
+        AcmeChallenge::Dns01 => ChallengeType::Dns01,
     };
     let ids: Vec<Identifier> = domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&ids)).await?;
@@ -170,11 +189,25 @@ async fn order_inner(
                 other => return Err(format!("authorization for {} is {other:?}", a.identifier()).into()),
             }
             let name = a.identifier().to_string();
+            // The name without `*.` (a wildcard's TXT record is at the base name).
+            let base = match a.identifier().identifier {
+                Identifier::Dns(d) => d.clone(),
+                other => format!("{other:?}"),
+            };
             let mut ch = a
                 .challenge(kind.clone())
                 .ok_or_else(|| format!("the CA offers no {} challenge for {name}", challenge.as_str()))?;
             let key_auth = ch.key_authorization();
             match challenge {
+                AcmeChallenge::Dns01 => {
+                    let hooks = s.dns01.ok_or_else(|| "the DNS-01 challenge needs acme.dns01 functions".to_owned())?;
+                    let record = format!("_acme-challenge.{base}");
+                    let value = key_auth.dns_value();
+                    published.records.push((record.clone(), value.clone()));
+                    call_dns(acme, hooks.set_record, &record, &value)
+                        .await
+                        .map_err(|e| format!("acme.dns01.setRecord({record}) failed: {e}"))?;
+                }
                 AcmeChallenge::TlsAlpn01 => {
                     let cert = super::alpn_validation_cert(&name, key_auth.digest().as_ref())?;
                     acme.alpn.insert(&name, cert);

@@ -70,6 +70,16 @@ pub struct AcmeOptions {
     pub renew_check_interval: Duration,
     /// `challenge` (ours). Default `http-01`.
     pub challenge: AcmeChallenge,
+    /// `dns01: { setRecord, removeRecord }` (ours): the JavaScript functions (bridge ids) that
+    /// publish and withdraw DNS-01 TXT records.
+    pub dns01: Option<Dns01Hooks>,
+}
+
+/// The functions of `acme.dns01`, as JavaScript bridge ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dns01Hooks {
+    pub set_record: u32,
+    pub remove_record: u32,
 }
 
 impl Default for AcmeOptions {
@@ -87,6 +97,7 @@ impl Default for AcmeOptions {
             skip_configured_certs: false,
             renew_check_interval: Duration::from_secs(24 * 3600),
             challenge: AcmeChallenge::Http01,
+            dns01: None,
         }
     }
 }
@@ -134,6 +145,8 @@ pub struct AcmeSettings {
     pub auto_renew: bool,
     pub store: String,
     pub renew_check_interval: Duration,
+    /// The DNS-01 functions (set when the challenge is DNS-01).
+    pub dns01: Option<Dns01Hooks>,
 }
 
 impl AcmeSettings {
@@ -172,8 +185,10 @@ impl AcmeSettings {
                 )));
             }
         }
-        if challenge == AcmeChallenge::Dns01 {
-            return unsupported(format!("ACME challenge 'dns-01' ({label})"));
+        if challenge == AcmeChallenge::Dns01 && g.dns01.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "{label}: the DNS-01 challenge needs acme.dns01: {{ setRecord(name, value), removeRecord(name, value) }}"
+            )));
         }
         let production = route.use_production.unwrap_or(g.use_production);
         let directory_url = g
@@ -190,6 +205,7 @@ impl AcmeSettings {
             auto_renew: g.auto_renew,
             store: g.certificate_store.clone(),
             renew_check_interval: g.renew_check_interval,
+            dns01: g.dns01.filter(|_| challenge == AcmeChallenge::Dns01),
         })
     }
 }
@@ -252,8 +268,17 @@ pub(super) fn parse_acme_options(a: At) -> CResult<AcmeOptions> {
     if let Some(c) = opt(a, "challenge", AcmeChallenge::read)? {
         o.challenge = c;
     }
-    if a.has("dns01") {
-        return unsupported("acme.dns01 (the DNS-01 challenge)");
+    if let Some(d) = a.get("dns01").filter(|v| !v.is_null()) {
+        let d = At::new(d, "acme.dns01");
+        d.obj()?;
+        let f = |k: &str| -> CResult<u32> {
+            d.get(k)
+                .and_then(|v| v.get("$fn"))
+                .and_then(Value::as_u64)
+                .map(|id| id as u32)
+                .ok_or_else(|| ConfigError::Invalid(format!("acme.dns01.{k}: expected a function")))
+        };
+        o.dns01 = Some(Dns01Hooks { set_record: f("setRecord")?, remove_record: f("removeRecord")? });
     }
     Ok(o)
 }

@@ -346,7 +346,14 @@ fn acme_settings_resolve_and_refuse() {
     let e = AcmeSettings::resolve(None, &ra, &d, &label).unwrap_err();
     assert!(e.to_string().contains("DNS-01") && e.code() == "ERR_INVALID_CONFIG", "{e}");
     let (ra, d, label) = auto(json!({"email": "r@x.test", "challenge": "dns-01"}), json!("a.test"));
-    assert_eq!(AcmeSettings::resolve(None, &ra, &d, &label).unwrap_err().code(), "ERR_NOT_SUPPORTED");
+    let e = AcmeSettings::resolve(None, &ra, &d, &label).unwrap_err();
+    assert!(e.code() == "ERR_INVALID_CONFIG" && e.to_string().contains("acme.dns01"), "{e}");
+    let (o2, _) = parse_options(&json!({"acme": {"email": "g@x.test", "challenge": "dns-01",
+        "dns01": {"setRecord": {"$fn": 7}, "removeRecord": {"$fn": 8}}}}))
+    .unwrap();
+    let (ra, d, label) = auto(json!({}), json!("*.a.test"));
+    let s = AcmeSettings::resolve(o2.acme.as_ref(), &ra, &d, &label).unwrap();
+    assert_eq!(s.dns01, Some(Dns01Hooks { set_record: 7, remove_record: 8 }), "a wildcard with DNS-01 is accepted");
     // Defaults: Let's Encrypt staging, production on request.
     let (ra, d, label) = auto(json!({"email": "r@x.test"}), json!("a.test"));
     assert_eq!(AcmeSettings::resolve(None, &ra, &d, &label).unwrap().directory_url, LETS_ENCRYPT_STAGING);

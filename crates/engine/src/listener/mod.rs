@@ -117,6 +117,7 @@ mod tests {
                 Default::default(),
                 Arc::new(crate::events::NullSink),
                 None,
+                None,
             ),
             events: Arc::new(crate::events::NullSink),
             shutdown: CancellationToken::new(),
