@@ -377,6 +377,39 @@ tap.test('DNS-01 for a wildcard through acme.dns01: records really set in challt
   rmSync(dir, { recursive: true, force: true });
 });
 
+tap.test('renewal when due: a short-lived certificate is renewed by the scheduler, an old connection keeps working', async () => {
+  const [tlsPort, httpPort] = await h.freePorts(2);
+  const shortPebble = await startPebble({ httpPort, validitySeconds: 15 });
+  const dir = mkdtempSync(join(tmpdir(), 'spn-acme-renew-'));
+  try {
+    const p = new SmartProxy({
+      acme: { email: 'ops@example.com', port: httpPort, directoryUrl: shortPebble.directoryUrl, directoryCa: shortPebble.directoryCa, certificateStore: dir, renewCheckIntervalHours: 0.0005 },
+      routes: [autoRoute('short', tlsPort, 'short.test')],
+    });
+    const issued = nextEvent(p, 'certificate-issued');
+    await p.start();
+    await issued;
+    const old = await handshake(tlsPort, 'short.test');
+    // 15 s of life is less than the 30-day threshold: renewed with a third of it left (~5 s).
+    const renewed = await nextEvent(p, 'certificate-renewed', 20_000);
+    expect(renewed.routeName).toEqual('short');
+    const fresh = await handshake(tlsPort, 'short.test');
+    expect(fresh.cert!.serialNumber === old.cert!.serialNumber).toBeFalse();
+    fresh.socket!.destroy();
+    const body = await new Promise<string>((resolve) => {
+      old.socket!.write('GET / HTTP/1.1\r\nHost: short.test\r\nConnection: close\r\n\r\n');
+      let d = '';
+      old.socket!.on('data', (x) => (d += x));
+      old.socket!.on('end', () => resolve(d));
+    });
+    expect(body).toMatch(/backend short\.test$/);
+    await p.stop();
+  } finally {
+    await shortPebble.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 tap.test('teardown', async () => {
   await pebble.close();
   await new Promise((r) => backend.close(r));
