@@ -29,7 +29,14 @@ pub enum CertRef {
 #[derive(Debug, Default)]
 pub struct SniCerts {
     exact: HashMap<String, CertRef>,
-    wildcard: Vec<(DomainPattern, CertRef)>,
+    /// `*.suffix` patterns by their suffix (`.example.com`), with their rank in route priority
+    /// order: a lookup tries each of the name's suffixes, so it costs the name's label count,
+    /// not the number of wildcard routes.
+    wildcard_suffix: HashMap<String, (usize, CertRef)>,
+    /// Other wildcard patterns (`a*.example.com`, …), with their rank; scanned.
+    wildcard: Vec<(usize, DomainPattern, CertRef)>,
+    /// Wildcard patterns seen so far (their rank).
+    ranks: usize,
     fallback: Option<CertRef>,
 }
 
@@ -39,16 +46,28 @@ impl SniCerts {
     pub fn lookup(&self, sni: Option<&str>) -> Option<CertRef> {
         let found = sni.and_then(|name| {
             let n = normalize_host(name);
-            self.exact
-                .get(&*n)
-                .cloned()
-                .or_else(|| self.wildcard.iter().find(|(p, _)| p.matches(&n)).map(|(_, c)| c.clone()))
+            if let Some(c) = self.exact.get(&*n) {
+                return Some(c.clone());
+            }
+            // The best-ranked wildcard: among the suffix patterns the name ends with, and the
+            // other patterns that match it.
+            let by_suffix = n
+                .char_indices()
+                .filter(|&(i, c)| c == '.' && i > 0)
+                .filter_map(|(i, _)| self.wildcard_suffix.get(&n[i..]))
+                .min_by_key(|(rank, _)| *rank);
+            let by_scan = self.wildcard.iter().find(|(_, p, _)| p.matches(&n)).map(|(rank, _, c)| (rank, c));
+            match (by_suffix, by_scan) {
+                (Some((a, ca)), Some((b, cb))) => Some(if a < b { ca.clone() } else { cb.clone() }),
+                (Some((_, c)), None) | (None, Some((_, c))) => Some(c.clone()),
+                (None, None) => None,
+            }
         });
         found.or_else(|| self.fallback.clone())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty() && self.fallback.is_none()
+        self.exact.is_empty() && self.wildcard_suffix.is_empty() && self.wildcard.is_empty() && self.fallback.is_none()
     }
 
     /// Indexes the terminating routes of one port, given in priority order.
@@ -71,7 +90,15 @@ impl SniCerts {
             }
             for d in &route.route.domains {
                 if d.is_wildcard() {
-                    r.wildcard.push((d.clone(), ck.clone()));
+                    let rank = r.ranks;
+                    r.ranks += 1;
+                    let p = d.as_str();
+                    match p.strip_prefix('*').filter(|rest| rest.starts_with('.') && !rest.contains('*')) {
+                        Some(suffix) => {
+                            r.wildcard_suffix.entry(suffix.to_owned()).or_insert_with(|| (rank, ck.clone()));
+                        }
+                        None => r.wildcard.push((rank, d.clone(), ck.clone())),
+                    }
                 } else {
                     r.exact.entry(d.as_str().to_owned()).or_insert_with(|| ck.clone());
                 }
@@ -207,7 +234,9 @@ mod tests {
     #[test]
     fn sni_precedence_exact_wildcard_fallback() {
         let (exact, wild, wild_low, any) = (cert("a.example.com"), cert("*.example.com"), cert("*.com"), cert("x"));
+        let glob = cert("b*.example.com");
         let routes = parse_routes(&json!([
+            route("glob", json!("b*.example.com"), 20, &glob),
             route("wild", json!("*.example.com"), 10, &wild),
             route("wild-low", json!("*.com"), 5, &wild_low),
             route("exact", json!("a.example.com"), 0, &exact),
@@ -219,7 +248,9 @@ mod tests {
         let der = |c: &(String, String)| parse_pem(&c.0);
         assert_eq!(served(&s, Some("a.example.com")), Some(der(&exact)));
         assert_eq!(served(&s, Some("A.Example.COM.")), Some(der(&exact)), "names are normalised");
-        assert_eq!(served(&s, Some("b.example.com")), Some(der(&wild)));
+        assert_eq!(served(&s, Some("b.example.com")), Some(der(&glob)), "a higher-priority glob wins");
+        assert_eq!(served(&s, Some("c.example.com")), Some(der(&wild)));
+        assert_eq!(served(&s, Some("deep.c.example.com")), Some(der(&wild)), "any depth");
         assert_eq!(served(&s, Some("other.com")), Some(der(&wild_low)));
         assert_eq!(served(&s, Some("nothing.org")), Some(der(&any)));
         assert_eq!(served(&s, None), Some(der(&any)));
