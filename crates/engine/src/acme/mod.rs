@@ -290,8 +290,8 @@ const PROVISION_CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What `certProvisionFunction` answered.
 enum Provided {
-    /// A certificate (`source: 'custom'`).
-    Cert(Entry),
+    /// A certificate (`source: 'custom'`) and its signing identity.
+    Cert(Entry, Arc<rustls::sign::CertifiedKey>),
     /// `'http01'`: use ACME.
     Acme,
 }
@@ -354,19 +354,22 @@ impl Acme {
             let mut current = self.routes.lock().unwrap_or_else(|p| p.into_inner());
             let fresh: Vec<Arc<AutoRoute>> =
                 routes.iter().filter(|r| current.get(&r.name).is_none_or(|c| c != *r)).cloned().collect();
-            let gone: Vec<Arc<str>> =
-                current.keys().filter(|k| !routes.iter().any(|r| &r.name == *k)).cloned().collect();
-            *current = routes.iter().map(|r| (r.name.clone(), r.clone())).collect();
+            let next: HashMap<Arc<str>, Arc<AutoRoute>> = routes.iter().map(|r| (r.name.clone(), r.clone())).collect();
+            let gone: Vec<Arc<str>> = current.keys().filter(|k| !next.contains_key(*k)).cloned().collect();
+            *current = next;
             (fresh, gone)
         };
-        for name in gone {
-            self.certs.remove_issued(&name);
-            self.status.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
-        }
-        for r in &fresh {
-            // A changed route (other names) must not keep serving a certificate for the old ones.
-            self.certs.remove_issued(&r.name);
-            self.status.lock().unwrap_or_else(|p| p.into_inner()).insert(r.name.clone(), CertStatus::pending(r));
+        // Removed routes stop being served, and so do changed ones (other names must not keep
+        // a certificate for the old ones; the store may hold theirs, loaded below).
+        self.certs.remove_issued(&gone.iter().cloned().chain(fresh.iter().map(|r| r.name.clone())).collect::<Vec<_>>());
+        {
+            let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            for name in &gone {
+                status.remove(name);
+            }
+            for r in &fresh {
+                status.insert(r.name.clone(), CertStatus::pending(r));
+            }
         }
         let loaded = {
             let fresh = fresh.clone();
@@ -380,15 +383,20 @@ impl Acme {
                 .await
                 .unwrap_or_default()
         };
+        let mut usable = Vec::new();
         for (route, entry) in loaded {
             match entry {
-                Ok(Some(e)) if covers(&e, &route.domains) => self.install(&route, &e, None),
+                Ok(Some((e, key))) if covers(&e, &route.domains) => usable.push((route, e, key)),
                 Ok(_) => {}
                 Err(why) => self.log(
                     LogLevel::Warn,
                     format!("certificate store entry of route {:?} is unusable, ordering anew: {why}", route.name),
                 ),
             }
+        }
+        self.certs.set_issued_many(usable.iter().map(|(r, _, k)| (r.name.clone(), k.clone())).collect());
+        for (route, e, _) in &usable {
+            self.record(route, e, None);
         }
         for r in fresh {
             if self.needs_order(&r, now_ms()) {
@@ -411,15 +419,14 @@ impl Acme {
     }
 
     /// Serves `e` for `route` and records its status.
-    fn install(&self, route: &AutoRoute, e: &Entry, event: Option<&'static str>) {
-        let key = match crate::tls::certified_key(&e.cert_pem, &e.key_pem, None) {
-            Ok(k) => k,
-            Err(why) => {
-                self.log(LogLevel::Warn, format!("certificate of route {:?} unusable: {why}", route.name));
-                return;
-            }
-        };
+    fn install(&self, route: &AutoRoute, e: &Entry, key: Arc<rustls::sign::CertifiedKey>, event: Option<&'static str>) {
         self.certs.set_issued(&route.name, key);
+        self.record(route, e, event);
+    }
+
+    /// Records the status of the certificate `e` now served for `route`, and tells the embedder
+    /// (`event`).
+    fn record(&self, route: &AutoRoute, e: &Entry, event: Option<&'static str>) {
         let state = if e.expires_ms <= now_ms() { CertState::Expired } else { CertState::Valid };
         let domain = route.domains.first().cloned().unwrap_or_default();
         self.status.lock().unwrap_or_else(|p| p.into_inner()).insert(
@@ -549,8 +556,8 @@ impl Acme {
             }
             // Another instance is ordering: take its result when it has one.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if let Some(e) = self.load_newer(&store, &route, if force { had } else { None }).await {
-                self.install(&route, &e, None);
+            if let Some((e, key)) = self.load_newer(&store, &route, if force { had } else { None }).await {
+                self.install(&route, &e, key, None);
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -576,13 +583,18 @@ impl Acme {
 
     /// A stored entry for `route` that covers its names and is newer than `than` (any, when
     /// `None`) and not due.
-    async fn load_newer(&self, store: &DiskStore, route: &AutoRoute, than: Option<i64>) -> Option<Entry> {
+    async fn load_newer(
+        &self,
+        store: &DiskStore,
+        route: &AutoRoute,
+        than: Option<i64>,
+    ) -> Option<(Entry, Arc<rustls::sign::CertifiedKey>)> {
         let (s, name) = (store.clone(), route.name.clone());
-        let e = self.handle.spawn_blocking(move || s.load(&name)).await.ok()?.ok()??;
+        let (e, key) = self.handle.spawn_blocking(move || s.load(&name)).await.ok()?.ok()??;
         let fresh = covers(&e, &route.domains)
             && than.is_none_or(|t| e.expires_ms > t)
             && !renewal_due(e.issued_ms, e.expires_ms, now_ms(), route.settings.renew_before_days);
-        fresh.then_some(e)
+        fresh.then_some((e, key))
     }
 
     async fn order_locked(
@@ -593,13 +605,13 @@ impl Acme {
         had: Option<i64>,
     ) -> Result<(), order::OrderError> {
         // Under the lock, the store may already hold what another instance just ordered.
-        if let Some(e) = self.load_newer(store, route, if force { had } else { None }).await {
-            self.install(route, &e, None);
+        if let Some((e, key)) = self.load_newer(store, route, if force { had } else { None }).await {
+            self.install(route, &e, key, None);
             return Ok(());
         }
         if let Some(p) = &self.provision {
             match self.call_provision(p, route).await {
-                Ok(Provided::Cert(entry)) => return self.keep(store, route, entry, had).await,
+                Ok(Provided::Cert(entry, key)) => return self.keep(store, route, entry, key, had).await,
                 Ok(Provided::Acme) => {}
                 Err(why) if p.fallback_to_acme => self.log(
                     LogLevel::Warn,
@@ -630,7 +642,8 @@ impl Acme {
             expires_ms,
             source: "acme".into(),
         };
-        self.keep(store, route, entry, had).await
+        let key = crate::tls::certified_key(&entry.cert_pem, &entry.key_pem, None)?;
+        self.keep(store, route, entry, key, had).await
     }
 
     /// Asks `certProvisionFunction` for the certificate of `route` (its first name, as upstream).
@@ -648,16 +661,12 @@ impl Acme {
         let (Some(cert_pem), Some(key_pem)) = (field("publicKey"), field("privateKey")) else {
             return Err("it returned neither a certificate object (publicKey, privateKey) nor 'http01'".into());
         };
-        crate::tls::certified_key(&cert_pem, &key_pem, None)?;
+        let key = crate::tls::certified_key(&cert_pem, &key_pem, None)?;
         let (issued_ms, expires_ms) = crate::tls::validity_ms(&cert_pem)?;
-        Ok(Provided::Cert(Entry {
-            cert_pem,
-            key_pem,
-            domains: route.domains.clone(),
-            issued_ms,
-            expires_ms,
-            source: "custom".into(),
-        }))
+        Ok(Provided::Cert(
+            Entry { cert_pem, key_pem, domains: route.domains.clone(), issued_ms, expires_ms, source: "custom".into() },
+            key,
+        ))
     }
 
     /// Stores and serves a new certificate of `route`, and tells the embedder.
@@ -666,6 +675,7 @@ impl Acme {
         store: &DiskStore,
         route: &AutoRoute,
         entry: Entry,
+        key: Arc<rustls::sign::CertifiedKey>,
         had: Option<i64>,
     ) -> Result<(), order::OrderError> {
         let (s, name, e) = (store.clone(), route.name.clone(), entry.clone());
@@ -674,7 +684,12 @@ impl Acme {
             // Served anyway; the next start orders again.
             self.log(LogLevel::Warn, format!("could not store the certificate of route {:?}: {e}", route.name));
         }
-        self.install(route, &entry, Some(if had.is_some() { "certificate-renewed" } else { "certificate-issued" }));
+        self.install(
+            route,
+            &entry,
+            key,
+            Some(if had.is_some() { "certificate-renewed" } else { "certificate-issued" }),
+        );
         Ok(())
     }
 

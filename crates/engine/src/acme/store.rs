@@ -14,10 +14,12 @@
 //! (`<store>/.acme/locks/<route>.lock`, created exclusively, its mtime refreshed while held,
 //! stale after [`LOCK_STALE`]), and the others wait for it and load the result.
 
+use rustls::sign::CertifiedKey;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// A lock not refreshed for this long belongs to a crashed holder and may be taken over.
@@ -122,9 +124,10 @@ impl DiskStore {
         Ok(())
     }
 
-    /// Reads an entry. `Ok(None)`: there is none; `Err`: it is there but unusable (corrupt,
-    /// torn, or its key does not match), which callers treat as absent after logging it.
-    pub fn load(&self, route: &str) -> Result<Option<Entry>, String> {
+    /// Reads an entry, with its signing identity (parsed and checked once, here). `Ok(None)`:
+    /// there is none; `Err`: it is there but unusable (corrupt, torn, or its key does not
+    /// match), which callers treat as absent after logging it.
+    pub fn load(&self, route: &str) -> Result<Option<(Entry, Arc<CertifiedKey>)>, String> {
         let (dir, new, old) = (self.entry_dir(route, ""), self.entry_dir(route, ".new"), self.entry_dir(route, ".old"));
         if !dir.exists() {
             // A writer died between its two renames: take the complete new entry, else the old.
@@ -140,7 +143,7 @@ impl DiskStore {
         Self::read_dir(&dir).map(Some)
     }
 
-    fn read_dir(dir: &Path) -> Result<Entry, String> {
+    fn read_dir(dir: &Path) -> Result<(Entry, Arc<CertifiedKey>), String> {
         let read =
             |name: &str| fs::read_to_string(dir.join(name)).map_err(|e| format!("{}: {e}", dir.join(name).display()));
         let (cert_pem, key_pem, meta) = (read("cert.pem")?, read("key.pem")?, read("meta.json")?);
@@ -149,7 +152,8 @@ impl DiskStore {
         if meta.get("certSha256").and_then(|v| v.as_str()) != Some(sha256_hex(cert_pem.as_bytes()).as_str()) {
             return Err(format!("{}: cert.pem does not match meta.json", dir.display()));
         }
-        crate::tls::certified_key(&cert_pem, &key_pem, None).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let key =
+            crate::tls::certified_key(&cert_pem, &key_pem, None).map_err(|e| format!("{}: {e}", dir.display()))?;
         let (issued_ms, expires_ms) = crate::tls::validity_ms(&cert_pem)?;
         let domains = meta
             .get("domains")
@@ -157,7 +161,7 @@ impl DiskStore {
             .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
         let source = meta.get("source").and_then(|s| s.as_str()).unwrap_or("acme").to_owned();
-        Ok(Entry { cert_pem, key_pem, domains, issued_ms, expires_ms, source })
+        Ok((Entry { cert_pem, key_pem, domains, issued_ms, expires_ms, source }, key))
     }
 
     fn acme_dir(&self, sub: &str) -> PathBuf {
@@ -235,6 +239,10 @@ mod tests {
         d
     }
 
+    fn loaded(s: &DiskStore, route: &str) -> Option<Entry> {
+        s.load(route).unwrap().map(|(e, _)| e)
+    }
+
     fn entry(name: &str) -> Entry {
         let k = rcgen::KeyPair::generate().unwrap();
         let c = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().self_signed(&k).unwrap();
@@ -254,13 +262,13 @@ mod tests {
     fn save_load_replace_and_key_mode() {
         let root = tmp();
         let s = DiskStore::new(&root);
-        assert_eq!(s.load("web").unwrap(), None);
+        assert_eq!(loaded(&s, "web"), None);
         let a = entry("a.test");
         s.save("web", &a).unwrap();
-        assert_eq!(s.load("web").unwrap(), Some(a));
+        assert_eq!(loaded(&s, "web"), Some(a));
         let b = entry("a.test");
         s.save("web", &b).unwrap();
-        assert_eq!(s.load("web").unwrap(), Some(b));
+        assert_eq!(loaded(&s, "web"), Some(b));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(fs::metadata(root.join("web/key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(!root.join("web.new").exists() && !root.join("web.old").exists());
@@ -277,13 +285,13 @@ mod tests {
         s.save("r", &old).unwrap();
         fs::create_dir(root.join("r.new")).unwrap();
         fs::write(root.join("r.new/cert.pem"), &new.cert_pem).unwrap();
-        assert_eq!(s.load("r").unwrap(), Some(old.clone()));
+        assert_eq!(loaded(&s, "r"), Some(old.clone()));
         // Died after moving the old entry aside, before moving the new one in.
         fs::remove_dir_all(root.join("r.new")).unwrap();
         s.save("tmp", &new).unwrap();
         fs::rename(root.join("r"), root.join("r.old")).unwrap();
         fs::rename(root.join("tmp"), root.join("r.new")).unwrap();
-        assert_eq!(s.load("r").unwrap(), Some(new.clone()));
+        assert_eq!(loaded(&s, "r"), Some(new.clone()));
         // The same, but the new entry was incomplete: the old one comes back.
         fs::remove_dir_all(root.join("r")).unwrap();
         fs::remove_dir_all(root.join("r.old")).unwrap();
@@ -291,7 +299,7 @@ mod tests {
         fs::rename(root.join("r2"), root.join("r.old")).unwrap();
         fs::create_dir(root.join("r.new")).unwrap();
         fs::write(root.join("r.new/key.pem"), &new.key_pem).unwrap();
-        assert_eq!(s.load("r").unwrap(), Some(old.clone()));
+        assert_eq!(loaded(&s, "r"), Some(old.clone()));
         // A corrupt entry is an error (treated as absent by callers), not a panic.
         fs::write(root.join("r/cert.pem"), "garbage").unwrap();
         assert!(s.load("r").is_err());

@@ -30,7 +30,6 @@ pub use store::{CertStore, PortResolver, SniCerts, StaticCerts};
 /// update reuses all of them, so clients resume their sessions across `updateRoutes`.
 pub struct TlsContext {
     pub store: Arc<CertStore>,
-    resumption: bool,
     ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     sessions: Arc<dyn rustls::server::StoresServerSessions>,
     /// Cold: written when a snapshot is built.
@@ -51,7 +50,7 @@ impl TlsContext {
         } else {
             (None, Arc::new(rustls::server::NoServerSessionStorage {}))
         };
-        Ok(TlsContext { store: Arc::default(), resumption, ticketer, sessions, configs: Mutex::default() })
+        Ok(TlsContext { store: Arc::default(), ticketer, sessions, configs: Mutex::default() })
     }
 
     /// The server configuration of `port` (made on first use, then kept for the engine's life).
@@ -75,11 +74,6 @@ impl TlsContext {
         let cfg = Arc::new(cfg);
         configs.insert(port, cfg.clone());
         Ok(cfg)
-    }
-
-    /// Whether session resumption is on.
-    pub fn resumption(&self) -> bool {
-        self.resumption
     }
 }
 

@@ -155,18 +155,33 @@ impl CertStore {
 
     /// Serves `key` for the route `route` from the next handshake on (cold: a copy of the map).
     pub fn set_issued(&self, route: &Arc<str>, key: Arc<CertifiedKey>) {
+        self.set_issued_many(vec![(route.clone(), key)]);
+    }
+
+    /// [`CertStore::set_issued`] for many routes with one copy of the map (a start-up that
+    /// loads thousands of stored certificates must not copy it once per certificate).
+    pub fn set_issued_many(&self, keys: Vec<(Arc<str>, Arc<CertifiedKey>)>) {
+        if keys.is_empty() {
+            return;
+        }
         self.issued.rcu(|m| {
             let mut m = IssuedCerts::clone(m);
-            m.insert(route.clone(), key.clone());
+            m.extend(keys.iter().cloned());
             m
         });
     }
 
-    /// Stops serving the issued certificate of `route`.
-    pub fn remove_issued(&self, route: &str) {
+    /// Stops serving the issued certificates of `routes` (one copy of the map, none when no
+    /// route has one).
+    pub fn remove_issued(&self, routes: &[Arc<str>]) {
+        if !routes.iter().any(|r| self.issued.load().contains_key(r)) {
+            return;
+        }
         self.issued.rcu(|m| {
             let mut m = IssuedCerts::clone(m);
-            m.remove(route);
+            for r in routes {
+                m.remove(r);
+            }
             m
         });
     }
@@ -296,7 +311,7 @@ mod tests {
         let key = crate::tls::certified_key(&issued.0, &issued.1, None).unwrap();
         store.set_issued(&Arc::from("auto"), key.clone());
         assert_eq!(store.lookup(443, Some("auto.test")).unwrap().cert[0], key.cert[0]);
-        store.remove_issued("auto");
+        store.remove_issued(&[Arc::from("auto")]);
         assert!(store.lookup(443, Some("auto.test")).is_none());
     }
 
