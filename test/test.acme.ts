@@ -8,7 +8,7 @@ import * as dns from 'node:dns/promises';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SmartProxy, SocketHandlers } from '../index.js';
@@ -191,6 +191,58 @@ tap.test('two proxies sharing one store end up with the same certificate from on
   expect(orders).toEqual(1);
   await a.stop();
   await b.stop();
+});
+
+tap.test('HTTP-01 behind a load balancer: the instance the CA reaches answers for the one that orders', async () => {
+  // Pebble validates on acmePort, where a layer-4 balancer sends every connection to b; a takes
+  // the store's lock and orders, so the CA's request reaches the instance that did not order.
+  // (The balancer retries until b listens, as b starts after a.)
+  const [portA, portB, acmeA, acmeB] = await h.freePorts(4);
+  const lbSockets = new Set<net.Socket>();
+  const lb = net.createServer((c) => {
+    lbSockets.add(c);
+    c.pause();
+    const tryConnect = (left: number) => {
+      const up = net.connect(acmeB, h.HOST);
+      up.once('connect', () => {
+        c.pipe(up).pipe(c);
+        c.resume();
+      });
+      up.once('error', () => (left > 0 ? setTimeout(() => tryConnect(left - 1), 50) : c.destroy()));
+    };
+    tryConnect(200);
+    c.on('error', () => {});
+  });
+  await new Promise<void>((r) => lb.listen(acmePort, h.HOST, () => r()));
+  const a = new SmartProxy({ acme: acme({ port: acmeA }), routes: [autoRoute('behind-lb', portA, 'lb.test')] });
+  const b = new SmartProxy({ acme: acme({ port: acmeB }), routes: [autoRoute('behind-lb', portB, 'lb.test')] });
+  let orders = 0;
+  a.on('certificate-issued', () => orders++);
+  b.on('certificate-issued', () => orders++);
+  try {
+    const issued = nextEvent(a, 'certificate-issued');
+    await a.start();
+    const lock = join(store, '.acme', 'locks', 'behind-lb.lock');
+    for (let i = 0; i < 200 && !existsSync(lock); i++) await h.sleep(25);
+    expect(existsSync(lock)).toBeTrue();
+    await b.start();
+    const ev = await issued;
+    expect(ev.routeName).toEqual('behind-lb');
+    for (let i = 0; i < 200 && b.getCertificateStatus('behind-lb')?.status !== 'valid'; i++) await h.sleep(50);
+    expect(b.getCertificateStatus('behind-lb')!.status).toEqual('valid');
+    const [ra, rb] = [await handshake(portA, 'lb.test'), await handshake(portB, 'lb.test')];
+    expect(rb.cert!.serialNumber).toEqual(ra.cert!.serialNumber);
+    ra.socket!.destroy();
+    rb.socket!.destroy();
+    expect(orders).toEqual(1);
+    // The published answer is gone once the order is done.
+    expect(readdirSync(join(store, '.acme', 'challenges')).filter((f) => !f.startsWith('.'))).toEqual([]);
+  } finally {
+    await a.stop();
+    await b.stop();
+    lbSockets.forEach((c) => c.destroy());
+    await new Promise((r) => lb.close(r));
+  }
 });
 
 tap.test('a CA that cannot be reached: status error with the reason, other routes served, provisionCertificate rejects', async () => {

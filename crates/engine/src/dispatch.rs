@@ -175,8 +175,9 @@ async fn plan(
     let mut first_http_keep_alive = false;
     let mut looks_http = false;
     let mut initial_http: Option<&crate::detect::HttpHead> = None;
-    // While HTTP-01 validations are out, their port looks at every connection's first bytes, so
-    // that no route (a redirect, a socket handler, a layer-4 forward) swallows the CA's request.
+    // An HTTP-01 challenge port looks at every connection's first bytes, so that no route (a
+    // redirect, a socket handler, a layer-4 forward) swallows the CA's request, whichever
+    // instance sharing the store ordered.
     let acme_port = sh.acme.answers_on(port);
     // Likewise, while TLS-ALPN-01 validations are out, ClientHellos are looked at on every port.
     let early = if acme_port || !sh.acme.alpn.is_empty() { Early::NeedData } else { table.early(port, ip) };

@@ -64,12 +64,11 @@ impl Http01Tokens {
         }
     }
 
-    /// The key authorization answering `GET /.well-known/acme-challenge/<token>`.
-    pub fn answer(&self, path: &str) -> Option<String> {
+    /// The key authorization for `token`, when this instance's order published it.
+    pub fn get(&self, token: &str) -> Option<String> {
         if self.is_empty() {
             return None;
         }
-        let token = path.strip_prefix(CHALLENGE_PREFIX)?;
         self.map.get(token).map(|v| v.clone())
     }
 
@@ -269,8 +268,9 @@ pub struct Acme {
     /// Accounts by (directory, e-mail), created once.
     accounts: tokio::sync::Mutex<HashMap<String, instant_acme::Account>>,
     wake: tokio::sync::Notify,
-    /// Ports that answer HTTP-01 challenges.
-    http_ports: Mutex<Vec<u16>>,
+    /// Ports that answer HTTP-01 challenges, with the stores whose published answers they
+    /// serve (read per connection on those ports: no lock).
+    http_ports: arc_swap::ArcSwap<Vec<(u16, Arc<str>)>>,
     /// `certProvisionFunction` and how to call it, when configured.
     provision: Option<CustomProvision>,
     /// The JavaScript bridge (DNS-01 functions), when the embedder has one.
@@ -318,7 +318,7 @@ impl Acme {
             limit: tokio::sync::Semaphore::new(MAX_CONCURRENT_ORDERS),
             accounts: tokio::sync::Mutex::default(),
             wake: tokio::sync::Notify::new(),
-            http_ports: Mutex::default(),
+            http_ports: arc_swap::ArcSwap::default(),
             provision,
             bridge,
         });
@@ -334,22 +334,47 @@ impl Acme {
         self.log(LogLevel::Warn, message);
     }
 
-    /// Whether `port` answers HTTP-01 challenges right now (tokens are out).
+    /// Whether `port` is an HTTP-01 challenge port: its validation requests are answered before
+    /// any route, by this instance or, through the shared store, for another one.
     pub fn answers_on(&self, port: u16) -> bool {
-        !self.tokens.is_empty() && self.http_ports.lock().unwrap_or_else(|p| p.into_inner()).contains(&port)
+        self.http_ports.load().iter().any(|(p, _)| *p == port)
+    }
+
+    /// The answer to an HTTP-01 validation request for `path` on `port`: a token of this
+    /// instance's orders, else one another instance sharing the port's store published there
+    /// (several instances behind one load balancer; read on the blocking pool).
+    pub async fn http01_answer(&self, port: u16, path: &str) -> Option<String> {
+        let token = path.strip_prefix(CHALLENGE_PREFIX)?;
+        if !self.answers_on(port) {
+            return None;
+        }
+        if let Some(answer) = self.tokens.get(token) {
+            return Some(answer);
+        }
+        if !store::is_token(token) {
+            return None;
+        }
+        let stores: Vec<Arc<str>> =
+            self.http_ports.load().iter().filter(|(p, _)| *p == port).map(|(_, s)| s.clone()).collect();
+        let token = token.to_owned();
+        self.handle
+            .spawn_blocking(move || stores.iter().find_map(|s| DiskStore::new(&**s).load_challenge(&token)))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Installs the `'auto'` routes of a newly committed route table: stored certificates are
     /// served before this returns; missing and due ones are ordered in the background.
     pub async fn sync(self: &Arc<Self>, routes: Vec<Arc<AutoRoute>>) {
-        let mut ports: Vec<u16> = routes
+        let mut ports: Vec<(u16, Arc<str>)> = routes
             .iter()
             .filter(|r| r.settings.challenge == crate::config::AcmeChallenge::Http01)
-            .map(|r| r.settings.http_port)
+            .map(|r| (r.settings.http_port, Arc::from(r.settings.store.as_str())))
             .collect();
         ports.sort_unstable();
         ports.dedup();
-        *self.http_ports.lock().unwrap_or_else(|p| p.into_inner()) = ports;
+        self.http_ports.store(Arc::new(ports));
         let (fresh, gone) = {
             let mut current = self.routes.lock().unwrap_or_else(|p| p.into_inner());
             let fresh: Vec<Arc<AutoRoute>> =
@@ -798,13 +823,12 @@ mod tests {
     }
 
     #[test]
-    fn tokens_answer_only_their_path() {
+    fn tokens_answer_only_their_own() {
         let t = Http01Tokens::default();
-        assert_eq!(t.answer("/.well-known/acme-challenge/abc"), None);
+        assert_eq!(t.get("abc"), None);
         t.insert("abc".into(), "abc.thumb".into());
-        assert_eq!(t.answer("/.well-known/acme-challenge/abc").as_deref(), Some("abc.thumb"));
-        assert_eq!(t.answer("/.well-known/acme-challenge/abd"), None);
-        assert_eq!(t.answer("/abc"), None);
+        assert_eq!(t.get("abc").as_deref(), Some("abc.thumb"));
+        assert_eq!(t.get("abd"), None);
         t.remove("abc");
         assert!(t.is_empty());
     }

@@ -147,8 +147,13 @@ async fn call_dns(acme: &Acme, function: u32, name: &str, value: &str) -> Result
 pub async fn order(account: &Account, domains: &[String], s: &AcmeSettings, acme: &Acme) -> Result<Issued, OrderError> {
     let mut published = Published::default();
     let r = order_inner(account, domains, s, acme, &mut published).await;
-    for t in published.tokens {
-        acme.tokens.remove(&t);
+    if !published.tokens.is_empty() {
+        let store = super::DiskStore::new(&s.store);
+        for t in &published.tokens {
+            acme.tokens.remove(t);
+        }
+        let tokens = std::mem::take(&mut published.tokens);
+        let _ = acme.handle.spawn_blocking(move || tokens.iter().for_each(|t| store.remove_challenge(t))).await;
     }
     for n in published.names {
         acme.alpn.remove(&n);
@@ -216,6 +221,14 @@ async fn order_inner(
                 _ => {
                     acme.tokens.insert(ch.token.clone(), key_auth.as_str().to_owned());
                     published.tokens.push(ch.token.clone());
+                    // For the instances sharing the store (behind one load balancer, the CA's
+                    // request may reach any of them). A failure only loses that help.
+                    let (store, token, answer) =
+                        (super::DiskStore::new(&s.store), ch.token.clone(), key_auth.as_str().to_owned());
+                    let saved = acme.handle.spawn_blocking(move || store.save_challenge(&token, &answer)).await;
+                    if let Ok(Err(e)) = saved {
+                        acme.warn(format!("could not publish the HTTP-01 answer in {}: {e}", s.store));
+                    }
                 }
             }
             ch.set_ready().await?;

@@ -12,7 +12,9 @@
 //!
 //! Several instances may share one store (a shared volume): an order is made under a lock file
 //! (`<store>/.acme/locks/<route>.lock`, created exclusively, its mtime refreshed while held,
-//! stale after [`LOCK_STALE`]), and the others wait for it and load the result.
+//! stale after [`LOCK_STALE`]), and the others wait for it and load the result. The ordering
+//! instance also writes its HTTP-01 answers to `<store>/.acme/challenges/<token>`, so that an
+//! instance behind the same load balancer answers the CA's validation request for it.
 
 use rustls::sign::CertifiedKey;
 use std::fs::{self, File, OpenOptions};
@@ -223,6 +225,34 @@ impl DiskStore {
     pub fn unlock(&self, route: &str) {
         let _ = fs::remove_file(self.lock_path(route));
     }
+
+    /// Publishes an HTTP-01 answer for the other instances sharing this store. `token` is the
+    /// CA's (base64url: [`is_token`] holds).
+    pub fn save_challenge(&self, token: &str, key_authorization: &str) -> io::Result<()> {
+        let dir = self.acme_dir("challenges");
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{token}.{}.tmp", std::process::id()));
+        write_synced(&tmp, key_authorization.as_bytes(), 0o644)?;
+        fs::rename(&tmp, dir.join(token))
+    }
+
+    pub fn remove_challenge(&self, token: &str) {
+        let _ = fs::remove_file(self.acme_dir("challenges").join(token));
+    }
+
+    /// Another instance's HTTP-01 answer for `token`, if it published one.
+    pub fn load_challenge(&self, token: &str) -> Option<String> {
+        if !is_token(token) {
+            return None;
+        }
+        fs::read_to_string(self.acme_dir("challenges").join(token)).ok()
+    }
+}
+
+/// Whether `s` can be an ACME token (RFC 8555 §8.1: base64url, at least 128 bits): anything else
+/// is never looked up in the store, so a request path cannot name another file.
+pub fn is_token(s: &str) -> bool {
+    (16..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -318,6 +348,22 @@ mod tests {
         assert!(s.try_lock("r").unwrap(), "a stale lock is taken over");
         s.unlock("r");
         assert!(s.try_lock("r").unwrap());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn challenges_are_shared_and_only_tokens_are_read() {
+        let root = tmp();
+        let s = DiskStore::new(&root);
+        let token = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+        assert_eq!(s.load_challenge(token), None);
+        s.save_challenge(token, "key.auth").unwrap();
+        assert_eq!(DiskStore::new(&root).load_challenge(token).as_deref(), Some("key.auth"));
+        s.remove_challenge(token);
+        assert_eq!(s.load_challenge(token), None);
+        fs::write(root.join(".acme/challenges/short"), "x").unwrap();
+        assert_eq!(s.load_challenge("short"), None);
+        assert!(!is_token("../../accounts/aaaaaaaaaaaaaaaa") && !is_token("a.b.cccccccccccccccc"));
         fs::remove_dir_all(root).unwrap();
     }
 

@@ -624,6 +624,9 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     let domain = crate::detect::strip_port(host);
     let view = View { method, path, headers: req.headers };
     let facts = RequestFacts { method, target, path, query, domain: Some(&domain), upgrade: false, view: &view };
+    if plan::is_acme_validation(cx, path) {
+        return Parsed::Hyper;
+    }
     let snap = cx.sh.snapshot.load();
     let answer = |a: Answer| Parsed::Reply { len, answer: Box::new(a), close: has_body || close, malformed: false };
     let routed = match plan::plan(&snap, cx, &facts) {

@@ -204,6 +204,9 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
+    if let Some(a) = plan::acme_answer(cx, req.uri().path()).await {
+        return Ok(answer_response(a));
+    }
     let snap = cx.sh.snapshot.load_full();
     // Cheap clones (shared bytes): they let the request be borrowed for the plan and changed
     // below without owned copies of host, path and query per request.

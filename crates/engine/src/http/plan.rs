@@ -3,8 +3,10 @@
 //! HTTP/2 path, which renders it into a header map) call [`plan`] and then [`Routed::edits`];
 //! neither decides anything of its own. Phases, in order:
 //!
-//! 0. **ACME**: an HTTP-01 validation request for a token being validated is answered with its
-//!    key authorization, before any route.
+//! 0. **ACME** ([`acme_answer`], before [`plan`]: it is async, as it may read the shared
+//!    store): an HTTP-01 validation request on a challenge port is answered with its key
+//!    authorization, before any route, when this instance or another one sharing its store is
+//!    validating that token. The fast path hands such requests to hyper.
 //! 1. **route**: the route table by port, host, path, headers and TLS; else `defaults.target`;
 //!    else 404.
 //! 2. **client rules**: the route's IP allow and block lists (403).
@@ -131,12 +133,23 @@ impl Edits {
     }
 }
 
-/// Phases 1 to 8 (see the module header).
-pub fn plan(snap: &Snapshot, cx: &HttpConn, req: &RequestFacts) -> Result<Outcome, HttpError> {
-    // 0: an ACME HTTP-01 validation, before any route (a redirect route must not swallow it).
-    if let Some(key_authorization) = cx.sh.acme.tokens.answer(req.path) {
-        return Ok(Outcome::Answer(Answer::text(StatusCode::OK, Bytes::from(key_authorization))));
+/// Whether phase 0 applies: a request for an HTTP-01 answer on a challenge port.
+pub fn is_acme_validation(cx: &HttpConn, path: &str) -> bool {
+    path.starts_with(crate::acme::CHALLENGE_PREFIX) && cx.sh.acme.answers_on(cx.port)
+}
+
+/// Phase 0: the answer to an ACME HTTP-01 validation, before any route (a redirect route must
+/// not swallow it); `None` lets the plan go on.
+pub async fn acme_answer(cx: &HttpConn, path: &str) -> Option<Answer> {
+    if !is_acme_validation(cx, path) {
+        return None;
     }
+    let key_authorization = cx.sh.acme.http01_answer(cx.port, path).await?;
+    Some(Answer::text(StatusCode::OK, Bytes::from(key_authorization)))
+}
+
+/// Phases 1 to 9 (see the module header).
+pub fn plan(snap: &Snapshot, cx: &HttpConn, req: &RequestFacts) -> Result<Outcome, HttpError> {
     let input = MatchInput {
         port: cx.port,
         client_ip: cx.client_ip,
