@@ -2,12 +2,15 @@
 // (TLS-ALPN-01 on the route's own port, DNS-01 for a wildcard through challtestsrv)
 // a redirect route shares, the store (restart without an order, a corrupt entry replaced, two
 // proxies sharing one store), renewal on demand while an old connection keeps working, status
-// and events, a CA that cannot be reached, and the configuration errors.
+// and events, a CA that cannot be reached, a writer killed with SIGKILL, HTTP-01 behind a load
+// balancer, and the configuration errors.
 import { tap, expect } from '@git.zone/tstest/tapbundle';
 import * as dns from 'node:dns/promises';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
+import { fork } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -170,6 +173,61 @@ tap.test('a corrupt store entry is treated as absent and replaced by a new order
   expect(r.cert!.serialNumber === firstSerial).toBeFalse();
   r.socket!.destroy();
   await p.stop();
+});
+
+tap.test('a process killed with SIGKILL while it writes the store leaves a loadable entry', async () => {
+  const [port, writerAcme] = await h.freePorts(2);
+  const certs = [h.makeCert('kill.test'), h.makeCert('kill.test'), h.makeCert('kill.test')];
+  const serials = certs.map((c) => new X509Certificate(c.cert).serialNumber.toUpperCase());
+  const dir = mkdtempSync(join(tmpdir(), 'spn-acme-kill-'));
+  try {
+    for (let round = 0; round < 10; round++) {
+      const child = fork('test/fixtures/store-writer.ts', [JSON.stringify({ store: dir, port, acmePort: writerAcme, certs })], {
+        execArgv: ['--import', 'tsx'],
+        stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+      });
+      const exited = new Promise((r) => child.once('exit', r));
+      // Killed after a few writes, at a moment that varies from round to round.
+      const target = 2 + ((round * 7) % 11);
+      await new Promise<void>((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error('the writer did not write')), 30_000);
+        child.on('message', (m: any) => {
+          if (m.writes >= target) {
+            clearTimeout(t);
+            setTimeout(() => resolve(), round % 5);
+          }
+        });
+        child.once('exit', () => reject(new Error('the writer exited')));
+      });
+      child.kill('SIGKILL');
+      await exited;
+      // The store loads: the entry is served at start, with no new certificate asked for.
+      const asked: string[] = [];
+      const p = new SmartProxy({
+        acme: acme({ certificateStore: dir }),
+        certProvisionFunction: async (d: string) => {
+          asked.push(d);
+          throw new Error('the store should have had it');
+        },
+        certProvisionFallbackToAcme: false,
+        routes: [autoRoute('killed', port, 'kill.test')],
+      });
+      await p.start();
+      try {
+        const status = p.getCertificateStatus('killed')!;
+        expect(status.status).toEqual('valid');
+        expect(status.source).toEqual('custom');
+        const r = await handshake(port, 'kill.test');
+        expect(serials).toContain(String(r.cert!.serialNumber).toUpperCase());
+        r.socket!.destroy();
+        expect(asked).toEqual([]);
+      } finally {
+        await p.stop();
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 tap.test('two proxies sharing one store end up with the same certificate from one order', async () => {

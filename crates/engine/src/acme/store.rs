@@ -195,7 +195,7 @@ impl DiskStore {
         for _ in 0..2 {
             match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
                 Ok(mut f) => {
-                    let _ = writeln!(f, "{}", std::process::id());
+                    let _ = writeln!(f, "{}", lock_holder(std::process::id()));
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -203,10 +203,11 @@ impl DiskStore {
                         .and_then(|m| m.modified())
                         .ok()
                         .and_then(|t| SystemTime::now().duration_since(t).ok());
-                    if age.is_some_and(|a| a < LOCK_STALE) {
+                    let dead = fs::read_to_string(&path).is_ok_and(|h| holder_is_dead(h.trim()));
+                    if age.is_some_and(|a| a < LOCK_STALE) && !dead {
                         return Ok(false);
                     }
-                    // Stale (or vanished meanwhile): take it over.
+                    // Stale, its holder gone, or vanished meanwhile: take it over.
                     let _ = fs::remove_file(&path);
                 }
                 Err(e) => return Err(e),
@@ -247,6 +248,29 @@ impl DiskStore {
         }
         fs::read_to_string(self.acme_dir("challenges").join(token)).ok()
     }
+}
+
+/// What a lock file says of its holder: `<pid> <pid namespace> <boot id>`. A holder on this
+/// machine and in this PID namespace can be seen to be dead at once (a restarted process does not
+/// wait [`LOCK_STALE`] for the lock its crashed predecessor left); any other waits for staleness.
+fn lock_holder(pid: u32) -> String {
+    match this_machine() {
+        Some((ns, boot)) => format!("{pid} {ns} {boot}"),
+        None => pid.to_string(),
+    }
+}
+
+/// This process's PID namespace and the machine's boot id, when both can be read.
+fn this_machine() -> Option<(String, String)> {
+    let ns = fs::read_link("/proc/self/ns/pid").ok()?.display().to_string();
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?.trim().to_owned();
+    (!ns.is_empty() && !boot.is_empty()).then_some((ns, boot))
+}
+
+fn holder_is_dead(holder: &str) -> bool {
+    let Some(pid) = holder.split(' ').next().and_then(|p| p.parse::<u32>().ok()) else { return false };
+    let Some((ns, boot)) = this_machine() else { return false };
+    holder == format!("{pid} {ns} {boot}") && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Whether `s` can be an ACME token (RFC 8555 §8.1: base64url, at least 128 bits): anything else
@@ -348,6 +372,16 @@ mod tests {
         assert!(s.try_lock("r").unwrap(), "a stale lock is taken over");
         s.unlock("r");
         assert!(s.try_lock("r").unwrap());
+        // A fresh lock of a dead process of this machine is taken over at once; one of a live
+        // process (ours) or of another machine is not.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        fs::write(&path, lock_holder(dead)).unwrap();
+        assert!(s.try_lock("r").unwrap(), "the lock of a dead holder is taken over");
+        assert!(!s.try_lock("r").unwrap(), "our own live lock is not");
+        fs::write(&path, format!("{dead} pid:[1] elsewhere")).unwrap();
+        assert!(!s.try_lock("r").unwrap(), "another machine's lock waits for staleness");
         fs::remove_dir_all(root).unwrap();
     }
 
