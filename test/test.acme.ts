@@ -1,9 +1,9 @@
 // certificate: 'auto' against a real ACME CA (Pebble): HTTP-01 issuance through a port 80 that
-// (TLS-ALPN-01 on the route's own port, DNS-01 for a wildcard through challtestsrv)
-// a redirect route shares, the store (restart without an order, a corrupt entry replaced, two
-// proxies sharing one store), renewal on demand while an old connection keeps working, status
-// and events, a CA that cannot be reached, a writer killed with SIGKILL, HTTP-01 behind a load
-// balancer, and the configuration errors.
+// a redirect route shares, TLS-ALPN-01 on the route's own port, DNS-01 for a wildcard through
+// challtestsrv; the store (restart without an order, a corrupt entry replaced, a writer killed
+// with SIGKILL, two proxies sharing one store, HTTP-01 behind a load balancer); renewal on demand
+// and when due while an old connection keeps working; certProvisionFunction; status and events;
+// a CA that cannot be reached; and the configuration errors.
 import { tap, expect } from '@git.zone/tstest/tapbundle';
 import * as dns from 'node:dns/promises';
 import * as http from 'node:http';
