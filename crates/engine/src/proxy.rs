@@ -138,6 +138,9 @@ pub struct Proxy {
     lifecycle: tokio::sync::Mutex<Option<Running>>,
     /// Mirror of the bound ports for synchronous readers (cold: written by lifecycle operations).
     port_view: Mutex<Vec<u16>>,
+    /// The running ACME state, for status readers that must not wait for a lifecycle operation
+    /// (cold: set by `start`, cleared by `stop`).
+    acme_view: Mutex<Option<Arc<crate::acme::Acme>>>,
 }
 
 impl Proxy {
@@ -149,6 +152,7 @@ impl Proxy {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             lifecycle: tokio::sync::Mutex::new(None),
             port_view: Mutex::new(Vec::new()),
+            acme_view: Mutex::new(None),
         }
     }
 
@@ -238,6 +242,7 @@ impl Proxy {
                 }
             });
         }
+        *self.acme_view.lock().unwrap_or_else(|p| p.into_inner()) = Some(run.shared.acme.clone());
         *lc = Some(run);
         Ok(())
     }
@@ -324,9 +329,8 @@ impl Proxy {
     /// The status of a route's certificate: an `'auto'` route's from ACME, a configured
     /// certificate's from its X.509 validity. `None`: no running route of that name terminates TLS.
     pub fn certificate_status(&self, route: &str) -> Option<CertificateStatus> {
-        let lc = self.lifecycle.try_lock().ok()?;
-        let run = lc.as_ref()?;
-        if let Some(s) = run.shared.acme.status(route) {
+        let acme = self.acme_view.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        if let Some(s) = acme.status(route) {
             return Some(CertificateStatus {
                 domain: s.domain,
                 status: s.state.as_str(),
@@ -443,6 +447,7 @@ impl Proxy {
         let all: Vec<u16> = run.ports.keys().copied().collect();
         Self::close_ports(&mut run, &all).await;
         *self.port_view.lock().unwrap_or_else(|p| p.into_inner()) = Vec::new();
+        *self.acme_view.lock().unwrap_or_else(|p| p.into_inner()) = None;
         run.shared.shutdown.cancel();
         run.shared.tracker.close();
         let grace = run.shared.options.graceful_shutdown_timeout;
