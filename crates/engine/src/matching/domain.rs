@@ -13,6 +13,13 @@ pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// See [`DomainPattern::index_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKey<'a> {
+    Exact(&'a str),
+    Suffix(&'a str),
+}
+
 /// A compiled domain pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainPattern {
@@ -58,6 +65,20 @@ impl DomainPattern {
     /// Whether the pattern contains a wildcard.
     pub fn is_wildcard(&self) -> bool {
         !matches!(self.kind, Kind::Exact(_))
+    }
+
+    /// How a domain index can find this pattern's hosts: an exact name, or the suffix (with its
+    /// leading dot) of a `*.suffix` pattern, whose hosts end with it at a label boundary.
+    /// `None`: no index key (`*`, and other globs), the pattern must be tried on every host.
+    pub fn index_key(&self) -> Option<IndexKey<'_>> {
+        match &self.kind {
+            Kind::Exact(e) => Some(IndexKey::Exact(e)),
+            Kind::Glob(parts) => match parts.as_slice() {
+                [first, suffix] if first.is_empty() && suffix.starts_with('.') => Some(IndexKey::Suffix(suffix)),
+                _ => None,
+            },
+            Kind::Any => None,
+        }
     }
 
     /// `host` must already be normalised with [`normalize_host`].
@@ -119,6 +140,17 @@ mod tests {
             let p = DomainPattern::parse(pat).unwrap();
             assert_eq!(p.matches(&normalize_host(host)), *want, "{pat} vs {host}");
         }
+    }
+
+    #[test]
+    fn index_keys() {
+        let key = |p: &str| DomainPattern::parse(p).unwrap().index_key().map(|k| format!("{k:?}"));
+        assert_eq!(key("Example.com").as_deref(), Some("Exact(\"example.com\")"));
+        assert_eq!(key("*.example.com").as_deref(), Some("Suffix(\".example.com\")"));
+        assert_eq!(key("*"), None);
+        assert_eq!(key("example.*"), None);
+        assert_eq!(key("*example.com"), None);
+        assert_eq!(key("*.*.example.com"), None);
     }
 
     #[test]

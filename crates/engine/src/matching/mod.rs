@@ -2,6 +2,7 @@
 
 mod domain;
 mod header;
+mod index;
 mod ip;
 mod path;
 mod ports;

@@ -4,6 +4,9 @@
 //! runtime state ([`crate::state::RouteState`]: connection count, cursors, rate windows), which
 //! belongs to the route-state registry and survives updates that keep the route.
 
+use super::index::PortRoutes;
+#[cfg(test)]
+use super::normalize_host;
 use super::{ports_contain, HeaderMatcher};
 use crate::config::{Route, RouteAction, Target, TargetPort, TlsMode};
 use crate::detect::TlsVersion;
@@ -152,7 +155,7 @@ impl SelectedTarget {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<CompiledRoute>>,
-    by_port: HashMap<u16, Vec<usize>>,
+    by_port: HashMap<u16, PortRoutes>,
 }
 
 impl RouteTable {
@@ -198,6 +201,7 @@ impl RouteTable {
                 }
             }
         }
+        let by_port = by_port.into_iter().map(|(p, all)| (p, PortRoutes::build(all, &routes))).collect();
         RouteTable { routes, by_port }
     }
 
@@ -219,16 +223,16 @@ impl RouteTable {
 
     /// Ports the routes listen on, with how many routes use each.
     pub fn port_counts(&self) -> HashMap<u16, usize> {
-        self.by_port.iter().map(|(p, v)| (*p, v.len())).collect()
+        self.by_port.iter().map(|(p, v)| (*p, v.all.len())).collect()
     }
 
     fn candidates(&self, port: u16) -> &[usize] {
-        self.by_port.get(&port).map_or(&[], Vec::as_slice)
+        self.by_port.get(&port).map_or(&[], |r| r.all.as_slice())
     }
 
     /// Whether any route on `port` is a TLS passthrough route (used to answer failures with an alert).
     pub fn port_has_tls(&self, port: u16) -> bool {
-        self.candidates(port).iter().any(|&i| self.routes[i].tls_mode().is_some())
+        self.by_port.get(&port).is_some_and(|r| r.has_tls)
     }
 
     /// Decides from port and client IP alone, if possible.
@@ -247,22 +251,21 @@ impl RouteTable {
 
     /// Full match: the first route (in priority order) whose every criterion holds.
     pub fn find(&self, input: &MatchInput) -> Option<usize> {
-        self.candidates(input.port).iter().copied().find(|&i| route_matches(&self.routes[i].route, input))
+        let port = self.by_port.get(&input.port)?;
+        port.first(input.domain, |i| route_matches(&self.routes[i].route, input))
     }
 
     /// Per-request match inside an HTTP connection: only routes that serve HTTP on this kind of
     /// connection (terminating routes for TLS, routes without TLS for plain HTTP) are considered.
     pub fn find_http(&self, input: &MatchInput, tls: bool) -> Option<usize> {
-        self.candidates(input.port)
-            .iter()
-            .copied()
-            .find(|&i| self.routes[i].serves_http(tls) && route_matches(&self.routes[i].route, input))
+        let port = self.by_port.get(&input.port)?;
+        port.first(input.domain, |i| self.routes[i].serves_http(tls) && route_matches(&self.routes[i].route, input))
     }
 
     /// Whether plain HTTP on `port` goes through the HTTP layer: some route there without TLS
     /// needs to look at requests.
     pub fn port_has_plain_http_routes(&self, port: u16) -> bool {
-        self.candidates(port).iter().any(|&i| self.routes[i].serves_http(false) && self.routes[i].needs_data)
+        self.by_port.get(&port).is_some_and(|r| r.plain_http)
     }
 
     /// Routes of a port in priority order (for building per-port TLS configuration).
@@ -382,6 +385,70 @@ mod tests {
 
     fn name(t: &RouteTable, i: Option<usize>) -> Option<String> {
         i.map(|i| t.route(i).display_name())
+    }
+
+    /// The domain index of a port with many routes finds exactly what a scan of them finds:
+    /// exact names, `*.suffix`, other globs, `*`, no domains, several domains per route,
+    /// priorities that interleave them, and hosts in any case with a trailing dot.
+    #[test]
+    fn domain_index_agrees_with_a_scan() {
+        let patterns: &[&[&str]] = &[
+            &["a.test"],
+            &["*.a.test"],
+            &["b.a.test", "c.test"],
+            &["*"],
+            &[],
+            &["x.*"],
+            &["*.b.a.test"],
+            &["api.*.test"],
+            &["C.test"],
+            &["*.test"],
+            &["d.test", "*.d.test"],
+            &["*a.test"],
+        ];
+        let mut routes = Vec::new();
+        for n in 0..60usize {
+            let domains = patterns[n % patterns.len()];
+            let mut m = json!({"ports": 443});
+            if !domains.is_empty() {
+                m["domains"] = json!(domains);
+            }
+            if n % 7 == 3 {
+                m["path"] = json!("/only");
+            }
+            routes.push(json!({"name": format!("r{n}"), "priority": (n * 37) % 11, "match": m,
+                "action": {"type": "forward", "target": {"host": "h", "port": 1}}}));
+        }
+        let t = table(json!(routes));
+        assert!(t.by_port[&443].all.len() >= 16);
+        let hosts = [
+            "a.test",
+            "A.TEST.",
+            "z.a.test",
+            "b.a.test",
+            "q.b.a.test",
+            "c.test",
+            "x.org",
+            "api.eu.test",
+            "d.test",
+            "e.d.test",
+            "ba.test",
+            "test",
+            "other",
+            ".a.test",
+            "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.test",
+        ];
+        let heads: Vec<HttpHead> = ["/only", "/"]
+            .iter()
+            .map(|p| parse_http_head(format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap())
+            .collect();
+        for host in hosts.iter().map(|h| Some(normalize_host(h).into_owned())).chain([None]) {
+            for head in heads.iter().map(Some).chain([None]) {
+                let inp = input(443, host.as_deref(), head);
+                let scan = t.candidates(443).iter().copied().find(|&i| route_matches(&t.routes[i].route, &inp));
+                assert_eq!(name(&t, t.find(&inp)), name(&t, scan), "host {host:?}, path {:?}", head.map(|h| h.path()));
+            }
+        }
     }
 
     #[test]
