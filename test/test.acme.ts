@@ -303,6 +303,72 @@ tap.test('HTTP-01 behind a load balancer: the instance the CA reaches answers fo
   }
 });
 
+tap.test('updateRoutes: an added auto route is ordered, a removed one is no longer served, unchanged ones are not ordered again', async () => {
+  const port = await h.freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'spn-acme-live-'));
+  const p = new SmartProxy({ acme: acme({ certificateStore: dir }), routes: [autoRoute('live-a', port, 'live-a.test')] });
+  const issued: string[] = [];
+  p.on('certificate-issued', (ev) => issued.push(ev.routeName));
+  try {
+    let next = nextEvent(p, 'certificate-issued');
+    await p.start();
+    await next;
+    const before = await handshake(port, 'live-a.test');
+    before.socket!.destroy();
+    next = nextEvent(p, 'certificate-issued');
+    await p.updateRoutes([autoRoute('live-a', port, 'live-a.test'), autoRoute('live-b', port, 'live-b.test')]);
+    expect((await next).routeName).toEqual('live-b');
+    const [a, b] = [await handshake(port, 'live-a.test'), await handshake(port, 'live-b.test')];
+    expect(a.cert!.serialNumber).toEqual(before.cert!.serialNumber);
+    expect(b.cert!.subjectaltname).toEqual('DNS:live-b.test');
+    a.socket!.destroy();
+    b.socket!.destroy();
+    await p.updateRoutes([autoRoute('live-b', port, 'live-b.test')]);
+    const gone = await handshake(port, 'live-a.test');
+    expect(gone.error).toBeTruthy();
+    expect(p.getCertificateStatus('live-a')).toBeUndefined();
+    const still = await handshake(port, 'live-b.test');
+    expect(still.cert!.subjectaltname).toEqual('DNS:live-b.test');
+    still.socket!.destroy();
+    expect(issued).toEqual(['live-a', 'live-b']);
+  } finally {
+    await p.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+tap.test('stop() while an order waits on a DNS-01 function that never settles: stops at once, and the proxy can start again', async () => {
+  const port = await h.freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'spn-acme-stop-'));
+  let called!: () => void;
+  const setCalled = new Promise<void>((r) => (called = r));
+  const p = new SmartProxy({
+    acme: acme({
+      certificateStore: dir,
+      challenge: 'dns-01',
+      dns01: { setRecord: () => (called(), new Promise(() => {})), removeRecord: async () => {} },
+    }),
+    routes: [autoRoute('hanging', port, 'hanging.test')],
+  });
+  const failed: any[] = [];
+  p.on('certificate-failed', (ev) => failed.push(ev));
+  try {
+    await p.start();
+    await setCalled;
+    const t0 = Date.now();
+    await p.stop();
+    expect(Date.now() - t0).toBeLessThan(5000);
+    // Stopped, not failed: no event after the stop, and a new start works.
+    await h.sleep(200);
+    expect(failed).toEqual([]);
+    await p.start();
+    expect(p.getListeningPorts()).toContain(port);
+  } finally {
+    await p.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 tap.test('a CA that cannot be reached: status error with the reason, other routes served, provisionCertificate rejects', async () => {
   const [tlsPort, dead] = await h.freePorts(2);
   const cert = h.makeCert('static.test');
