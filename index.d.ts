@@ -18,7 +18,12 @@ export type TPortRange = number | Array<number | { from: number; to: number }>;
 export interface IRouteContext {
   port: number;
   domain?: string;
+  /** The client: behind a trusted load balancer, the one its PROXY protocol header names. */
   clientIp: string;
+  /** smartproxy-native: the client's port (likewise). */
+  clientPort?: number;
+  /** smartproxy-native: the version of the PROXY protocol header the connection came with. */
+  proxyProtocol?: 'v1' | 'v2';
   serverIp: string;
   path?: string;
   query?: string;
@@ -62,7 +67,8 @@ export interface IRouteTarget {
   tls?: IRouteTls;
   websocket?: IRouteWebSocket;
   loadBalancing?: IRouteLoadBalancing;
-  sendProxyProtocol?: boolean;
+  /** PROXY protocol header to this target's backend connections (overrides the route's). */
+  sendProxyProtocol?: TSendProxyProtocol;
   headers?: IRouteHeaders;
   advanced?: IRouteAdvanced;
 }
@@ -203,7 +209,8 @@ export interface IRouteAction {
    * backends, default false) and `ca` (extra PEM roots for that check).
    */
   options?: { backendProtocol?: 'http1' | 'http2'; rejectUnauthorized?: boolean; ca?: string; [key: string]: any };
-  sendProxyProtocol?: boolean;
+  /** PROXY protocol header to the backend (overrides the global option). Layer-4 routes only so far. */
+  sendProxyProtocol?: TSendProxyProtocol;
 }
 
 export interface IRouteConfig {
@@ -268,12 +275,18 @@ export interface ICert {
 
 export type TSmartProxyCertProvisionObject = ICert | 'http01';
 
+/** `true` is v1 (as upstream); smartproxy-native adds `'v1'` and `'v2'`. */
+export type TSendProxyProtocol = boolean | 'v1' | 'v2';
+
 export interface ISmartProxyOptions {
   routes: IRouteConfig[];
   preserveSourceIP?: boolean;
+  /** Load balancers trusted to send a PROXY protocol header (v1 or v2): addresses, CIDRs, ranges, `1.2.3.*`. */
   proxyIPs?: string[];
+  /** Read that header from `proxyIPs` (default: true when `proxyIPs` is given). */
   acceptProxyProtocol?: boolean;
-  sendProxyProtocol?: boolean;
+  /** PROXY protocol header to every backend connection, unless a route or target says otherwise. */
+  sendProxyProtocol?: TSendProxyProtocol;
   defaults?: {
     target?: { host: string; port: number };
     security?: { ipAllowList?: string[]; ipBlockList?: string[]; maxConnections?: number };

@@ -77,6 +77,15 @@ class SmartProxy extends EventEmitter {
       this._native.socketClosed(ev.connId, true);
       return;
     }
+    if (context.proxyProtocol) {
+      // Behind a load balancer's PROXY protocol header: the socket reports the real client,
+      // as upstream's WrappedSocket did.
+      Object.defineProperties(socket, {
+        remoteAddress: { value: context.clientIp, configurable: true },
+        remotePort: { value: context.clientPort, configurable: true },
+        remoteFamily: { value: net.isIPv6(context.clientIp) ? 'IPv6' : 'IPv4', configurable: true },
+      });
+    }
     let failed = false;
     socket.once('close', () => this._native.socketClosed(ev.connId, failed));
     socket.on('error', () => {});

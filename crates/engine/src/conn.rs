@@ -44,12 +44,16 @@ pub enum Termination {
     HandlerError,
     /// The route authenticates or rate-limits HTTP requests, but the connection is not HTTP.
     HttpRequired,
+    /// A trusted source (`proxyIPs`) sent a malformed or oversize PROXY protocol header.
+    ProxyHeaderInvalid,
+    /// A trusted source sent no complete PROXY protocol header within `initialDataTimeout`.
+    ProxyHeaderTimeout,
     /// Internal: the connection now belongs to a JavaScript socket handler (not a termination).
     HandedOff,
 }
 
 impl Termination {
-    pub const ALL: [Termination; 23] = [
+    pub const ALL: [Termination; 25] = [
         Termination::ClientClosed,
         Termination::BackendClosed,
         Termination::ClientError,
@@ -72,6 +76,8 @@ impl Termination {
         Termination::TargetFunctionError,
         Termination::HandlerError,
         Termination::HttpRequired,
+        Termination::ProxyHeaderInvalid,
+        Termination::ProxyHeaderTimeout,
         Termination::HandedOff,
     ];
 
@@ -93,6 +99,8 @@ impl Termination {
             Termination::ClientClosedEarly => "client_closed_early",
             Termination::TlsError => "tls_error",
             Termination::SessionTicketRejected => "session_ticket_rejected",
+            Termination::ProxyHeaderInvalid => "proxy_protocol_invalid",
+            Termination::ProxyHeaderTimeout => "proxy_protocol_timeout",
             Termination::InactivityTimeout => "inactivity_timeout",
             Termination::MaxLifetime => "max_lifetime",
             Termination::Shutdown => "shutdown",
@@ -137,6 +145,8 @@ pub struct ConnRecord {
     route: OnceLock<Arc<CompiledRoute>>,
     route_name: OnceLock<Arc<str>>,
     target: OnceLock<(String, u16)>,
+    /// The PROXY protocol header the connection came with (its version), when it did.
+    pub proxied: OnceLock<crate::proxy_protocol::Version>,
 }
 
 impl ConnRecord {
@@ -260,10 +270,17 @@ impl Registry {
             route: OnceLock::new(),
             route_name: OnceLock::new(),
             target: OnceLock::new(),
+            proxied: OnceLock::new(),
         });
         self.conns.insert(id, rec.clone());
         self.live.fetch_add(1, Ordering::Relaxed);
         Ok(ConnGuard { registry: self.clone(), rec, reason: None })
+    }
+
+    /// Counts a connection refused before admission (it never had a record).
+    pub fn refuse(&self, t: Termination) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.record(t);
     }
 
     fn record(&self, t: Termination) {

@@ -1,8 +1,9 @@
 //! Dispatch: the life of one accepted connection (spec §6.5, §7.7), apart from listening.
 //!
-//! 1. **client address**: the effective client address ([`ClientAddr`]), the TCP peer today;
-//!    the PROXY protocol will replace it here, before admission, so that every later step (per-IP
-//!    limits, IP rules, `X-Forwarded-For`, metrics) sees the real client.
+//! 1. **client address**: the effective client address ([`ClientAddr`]): the TCP peer, or,
+//!    from a trusted load balancer (`proxyIPs`), the client its PROXY protocol header names
+//!    (read before anything else), so that every later step (per-IP limits, IP rules,
+//!    `X-Forwarded-For`, metrics, socket handlers) sees the real client.
 //! 2. **admission**: per-IP connection count and rate (`maxConnectionsPerIP`,
 //!    `connectionRateLimitPerMinute`), the connection registered on the books.
 //! 3. **detection**: peek at the first bytes, only when a route on the port needs them (TLS
@@ -39,21 +40,51 @@ const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 pub struct ClientAddr {
     pub ip: IpAddr,
     pub port: u16,
+    /// The address the client connected to, when a PROXY protocol header named it (else the
+    /// socket's local address is).
+    pub dst: Option<SocketAddr>,
+    /// The version of the PROXY protocol header the connection came with.
+    pub via: Option<crate::proxy_protocol::Version>,
 }
 
 impl ClientAddr {
-    /// The effective client of a connection accepted from `peer`: the peer itself (IPv4-mapped
-    /// IPv6 addresses as IPv4). The PROXY protocol hooks in here.
-    fn of(peer: SocketAddr) -> Self {
-        ClientAddr { ip: normalize_ip(peer.ip()), port: peer.port() }
+    /// The client of a connection accepted from `peer`: the peer itself (IPv4-mapped IPv6
+    /// addresses as IPv4), or, when the peer is a trusted load balancer, the client its PROXY
+    /// protocol header names (`LOCAL` / `UNKNOWN`: the peer). `Err`: the header was missing,
+    /// malformed or too slow; the connection is closed.
+    async fn of(stream: &TcpStream, peer: SocketAddr, o: &ProxyOptions) -> Result<Self, Termination> {
+        let mut client = ClientAddr { ip: normalize_ip(peer.ip()), port: peer.port(), dst: None, via: None };
+        if !o.accept_proxy_protocol || !o.proxy_ips.iter().any(|p| p.matches(client.ip)) {
+            return Ok(client);
+        }
+        let deadline = Instant::now() + o.initial_data_timeout;
+        let header = tcp::read_proxy_header(stream, deadline).await.map_err(|e| match e {
+            tcp::ProxyHeaderError::Timeout => Termination::ProxyHeaderTimeout,
+            tcp::ProxyHeaderError::Closed => Termination::ClientClosedEarly,
+            tcp::ProxyHeaderError::Invalid(_) => Termination::ProxyHeaderInvalid,
+        })?;
+        client.via = Some(header.version);
+        if let crate::proxy_protocol::Source::Tcp { src, dst } = header.source {
+            client.ip = normalize_ip(src.ip());
+            client.port = src.port();
+            client.dst = Some(SocketAddr::new(normalize_ip(dst.ip()), dst.port()));
+        }
+        Ok(client)
     }
 }
 
 /// Runs one accepted connection to its end.
 pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<EngineContext>) {
-    let client = ClientAddr::of(peer);
-    let ip = client.ip;
     let o = &sh.options;
+    let client = match ClientAddr::of(&stream, peer, o).await {
+        Ok(c) => c,
+        Err(reason) => {
+            sh.registry.refuse(reason);
+            sh.debug(|| format!("closed {peer} on port {port}: {}", reason.as_str()));
+            return;
+        }
+    };
+    let ip = client.ip;
     let limits = IpLimits { max_per_ip: o.max_connections_per_ip, rate_per_minute: o.connection_rate_limit_per_minute };
     let mut guard = match sh.registry.open(ip, client.port, port, limits) {
         Ok(g) => g,
@@ -66,8 +97,11 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Engi
     if o.keep_alive {
         guard.rec.keep_alive.store(true, Ordering::Relaxed);
     }
+    if let Some(v) = client.via {
+        let _ = guard.rec.proxied.set(v);
+    }
     let reason = tokio::select! {
-        r = serve(stream, port, ip, &sh, &mut guard) => r,
+        r = serve(stream, port, client, &sh, &mut guard) => r,
         _ = sh.shutdown.cancelled() => Termination::Shutdown,
     };
     if reason == Termination::HandedOff {
@@ -115,11 +149,12 @@ enum Plan {
 async fn serve(
     stream: TcpStream,
     port: u16,
-    ip: IpAddr,
+    client: ClientAddr,
     sh: &Arc<EngineContext>,
     guard: &mut ConnGuard,
 ) -> Termination {
     let o = &sh.options;
+    let ip = client.ip;
     // Boxed: detection and matching state is transient and must not size every connection's
     // long-lived future (idle connections should cost a few hundred bytes of task state).
     let plan = match Box::pin(plan(&stream, port, ip, sh, guard)).await {
@@ -154,6 +189,17 @@ async fn serve(
         Err(ConnectFailure::Refused) => return Termination::ConnectRefused,
         Err(ConnectFailure::Other) => return Termination::ConnectFailed,
     };
+    if let Some(version) = target.send_proxy.unwrap_or(o.send_proxy_protocol) {
+        // Before any other byte: whom the connection is from, and where it was going.
+        let src = SocketAddr::new(ip, client.port);
+        let Some(dst) = client.dst.or_else(|| stream.local_addr().ok()) else {
+            return Termination::ClientError;
+        };
+        let header = crate::proxy_protocol::encode(version, src, dst);
+        if tcp::write_all(&backend, &header).await.is_err() {
+            return Termination::BackendError;
+        }
+    }
     guard.rec.set_target(target.host, target.port);
     relay_timed(&stream, &backend, &guard.rec, idle, lifetime, o.enable_half_open).await
 }
@@ -264,7 +310,14 @@ async fn plan(
     // Plain HTTP on a port whose routes look at requests: the HTTP layer routes each request.
     // The route's IP rules are the request plan's here: a refused client gets a 403 answer
     // (each request of the connection is routed, and checked, on its own).
-    if looks_http && !is_tls && table.port_has_plain_http_routes(port) {
+    // A route that sends a PROXY protocol header is relayed at layer 4 (its backend connection
+    // belongs to this client alone).
+    let sends_proxy = |i: usize| {
+        let r = table.route(i);
+        r.forward().send_proxy_protocol.unwrap_or(o.send_proxy_protocol).is_some()
+            || r.forward().targets.iter().any(|t| t.send_proxy_protocol.flatten().is_some())
+    };
+    if looks_http && !is_tls && table.port_has_plain_http_routes(port) && !idx.is_some_and(sends_proxy) {
         if let Some(route) = idx.map(|i| table.route(i)) {
             guard.set_route(route)?;
         }

@@ -148,6 +148,11 @@ impl RouteContext<'_> {
             m.insert("domain".into(), json!(d));
         }
         m.insert("clientIp".into(), json!(self.client_ip));
+        m.insert("clientPort".into(), json!(self.rec.client_port));
+        if let Some(v) = self.rec.proxied.get() {
+            // The client is the one a load balancer's PROXY protocol header named.
+            m.insert("proxyProtocol".into(), json!(v.as_str()));
+        }
         m.insert("serverIp".into(), json!(self.server_ip));
         if let Some(p) = self.path {
             m.insert("path".into(), json!(p));
@@ -450,7 +455,7 @@ mod tests {
     async fn a_function_slower_than_the_budget_is_awaited_asleep_for_a_while() {
         let reg = Arc::new(Registry::default());
         let calls = Calls::new(2, reg.clone());
-        let target = || SelectedTarget { host: "h".into(), port: 0, host_fn: None, port_fn: Some(3) };
+        let target = || SelectedTarget { host: "h".into(), port: 0, host_fn: None, port_fn: Some(3), send_proxy: None };
         let slow: Arc<dyn JsBridge> = Arc::new(Delayed(SPIN_BUDGET * 40));
         let fast: Arc<dyn JsBridge> = Arc::new(Delayed(Duration::ZERO));
         let backoff = |f| Calls::backoff(&calls, f).load(Ordering::Relaxed);

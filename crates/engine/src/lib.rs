@@ -22,6 +22,7 @@ pub mod js;
 pub mod listener;
 pub mod matching;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod snapshot;
 pub mod state;
 pub mod tcp;

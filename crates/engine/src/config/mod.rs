@@ -54,6 +54,21 @@ fn unsupported<T>(what: impl Into<String>) -> CResult<T> {
     Err(ConfigError::NotSupported(what.into()))
 }
 
+/// `sendProxyProtocol` (global, on an action, on a target): the PROXY protocol header backend
+/// connections start with; `None` sends none. `true` is v1, as upstream.
+pub type SendProxy = Option<crate::proxy_protocol::Version>;
+
+fn read_send_proxy(a: reader::At) -> reader::ReadResult<SendProxy> {
+    use crate::proxy_protocol::Version;
+    match a.v {
+        Value::Bool(true) => Ok(Some(Version::V1)),
+        Value::Bool(false) | Value::Null => Ok(None),
+        Value::String(s) if s == "v1" => Ok(Some(Version::V1)),
+        Value::String(s) if s == "v2" => Ok(Some(Version::V2)),
+        _ => a.err("expected true, false, 'v1' or 'v2'"),
+    }
+}
+
 fn truthy(v: Option<&Value>) -> bool {
     match v {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,

@@ -79,6 +79,12 @@ pub struct ProxyOptions {
     /// `certProvisionFallbackToAcme`: when that function throws, order from ACME instead of
     /// failing. Default true.
     pub cert_provision_fallback_to_acme: bool,
+    /// `proxyIPs`: the load balancers trusted to send a PROXY protocol header.
+    pub proxy_ips: Vec<IpPattern>,
+    /// `acceptProxyProtocol`: read that header from them. Default: true when `proxyIPs` is set.
+    pub accept_proxy_protocol: bool,
+    /// `sendProxyProtocol`: the header backends get unless a route or target says otherwise.
+    pub send_proxy_protocol: SendProxy,
 }
 
 impl Default for ProxyOptions {
@@ -113,6 +119,9 @@ impl Default for ProxyOptions {
             acme: None,
             cert_provision_fn: None,
             cert_provision_fallback_to_acme: true,
+            proxy_ips: Vec::new(),
+            accept_proxy_protocol: false,
+            send_proxy_protocol: None,
         }
     }
 }
@@ -301,15 +310,15 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
         if truthy(at.get("preserveSourceIP")) {
             return unsupported("preserveSourceIP (transparent source address)");
         }
-        if truthy(at.get("acceptProxyProtocol")) {
-            return unsupported("PROXY protocol (acceptProxyProtocol)");
+        o.proxy_ips = opt(at, "proxyIPs", |a| a.parse_each(IpPattern::parse))?.unwrap_or_default();
+        let accept = opt(at, "acceptProxyProtocol", |a| a.bool())?;
+        if accept == Some(true) && o.proxy_ips.is_empty() {
+            return Err(ConfigError::Invalid(
+                "acceptProxyProtocol: a PROXY protocol header is only read from trusted addresses; list the load balancers in proxyIPs".into(),
+            ));
         }
-        if truthy(at.get("proxyIPs")) {
-            return unsupported("PROXY protocol (proxyIPs)");
-        }
-        if truthy(at.get("sendProxyProtocol")) {
-            return unsupported("PROXY protocol (sendProxyProtocol)");
-        }
+        o.accept_proxy_protocol = accept.unwrap_or(!o.proxy_ips.is_empty());
+        o.send_proxy_protocol = opt(at, "sendProxyProtocol", read_send_proxy)?.flatten();
         if let Some(f) = at.get("certProvisionFunction").filter(|v| !v.is_null()) {
             let Some(id) = f.get("$fn").and_then(Value::as_u64) else {
                 return Err(ConfigError::Invalid("certProvisionFunction: expected a function".into()));

@@ -16,6 +16,8 @@ pub struct ForwardAction {
     pub http: HttpOptions,
     /// `loadBalancing.algorithm: 'round-robin'` was asked for: rotate among unconditional targets.
     pub balance_targets: bool,
+    /// `action.sendProxyProtocol`, when given (else the global option applies).
+    pub send_proxy_protocol: Option<SendProxy>,
 }
 
 /// `target.port`.
@@ -48,6 +50,8 @@ pub struct Target {
     pub port: TargetPort,
     pub priority: f64,
     pub condition: Option<TargetMatch>,
+    /// `target.sendProxyProtocol`, when given (else the route's, else the global option).
+    pub send_proxy_protocol: Option<SendProxy>,
 }
 
 #[derive(Debug, Clone)]
@@ -255,9 +259,7 @@ pub(super) fn parse_action(a: At, route_headers: Option<&Value>) -> CResult<Rout
     if a.has("nftables") {
         return unsupported("action.nftables");
     }
-    if truthy(a.get("sendProxyProtocol")) {
-        return unsupported("PROXY protocol (action.sendProxyProtocol)");
-    }
+    let send_proxy_protocol = opt(a, "sendProxyProtocol", read_send_proxy)?;
     let balance_targets = check_load_balancing(a, "action.loadBalancing")?;
     if socket_handler.is_some()
         && a.get("tls").and_then(|t| t.get("mode")).and_then(Value::as_str).is_some_and(|m| m != "passthrough")
@@ -279,6 +281,7 @@ pub(super) fn parse_action(a: At, route_headers: Option<&Value>) -> CResult<Rout
             tls,
             http,
             balance_targets: false,
+            send_proxy_protocol,
         }));
     }
     let targets: Vec<Target> = match (a.get("targets"), a.get("target")) {
@@ -305,7 +308,14 @@ pub(super) fn parse_action(a: At, route_headers: Option<&Value>) -> CResult<Rout
             "headers: header rules need HTTP, which a 'passthrough' route never sees (use 'terminate')".into(),
         ));
     }
-    Ok(RouteAction::Forward(ForwardAction { socket_handler: None, targets, tls, http, balance_targets }))
+    Ok(RouteAction::Forward(ForwardAction {
+        socket_handler: None,
+        targets,
+        tls,
+        http,
+        balance_targets,
+        send_proxy_protocol,
+    }))
 }
 
 /// Returns whether targets should be balanced (round-robin asked for explicitly).
@@ -359,9 +369,7 @@ pub(super) fn parse_target(t: At) -> CResult<Target> {
             return unsupported(format!("{}.{key} (per-target override)", t.path));
         }
     }
-    if truthy(t.get("sendProxyProtocol")) {
-        return unsupported(format!("PROXY protocol ({}.sendProxyProtocol)", t.path));
-    }
+    let send_proxy_protocol = opt(t, "sendProxyProtocol", read_send_proxy)?;
     for key in ["websocket", "loadBalancing"] {
         if truthy(t.get(key)) {
             return unsupported(format!("{}.{key} (per-target override)", t.path));
@@ -387,5 +395,6 @@ pub(super) fn parse_target(t: At) -> CResult<Target> {
     if t.get("match").is_some_and(|m| m.get("$fn").is_some()) {
         return unsupported("function-valued target match");
     }
-    Ok(Target { hosts, host_fn, port, priority: opt(t, "priority", |x| x.num())?.unwrap_or(0.0), condition })
+    let priority = opt(t, "priority", |x| x.num())?.unwrap_or(0.0);
+    Ok(Target { hosts, host_fn, port, priority, condition, send_proxy_protocol })
 }

@@ -110,8 +110,19 @@ fn options_defaults_and_errors() {
     assert_eq!(w.len(), 1);
     let e = parse_options(&json!({"connectionTimeout": "soon"})).unwrap_err();
     assert_eq!(e.to_string(), "options.connectionTimeout: expected a number, got \"soon\"");
-    let e = parse_options(&json!({"sendProxyProtocol": true})).unwrap_err();
-    assert!(matches!(e, ConfigError::NotSupported(_)));
+    // PROXY protocol options: v1 for `true`, as upstream; accept defaults to "proxyIPs given".
+    use crate::proxy_protocol::Version;
+    let (o, _) = parse_options(&json!({"sendProxyProtocol": true, "proxyIPs": ["10.0.0.0/8"]})).unwrap();
+    assert_eq!((o.send_proxy_protocol, o.accept_proxy_protocol, o.proxy_ips.len()), (Some(Version::V1), true, 1));
+    let (o, _) = parse_options(&json!({"sendProxyProtocol": "v2", "proxyIPs": ["10.0.0.*"], "acceptProxyProtocol": false})).unwrap();
+    assert_eq!((o.send_proxy_protocol, o.accept_proxy_protocol), (Some(Version::V2), false));
+    assert_eq!(parse_options(&json!({})).unwrap().0.send_proxy_protocol, None);
+    let e = parse_options(&json!({"sendProxyProtocol": "v3"})).unwrap_err();
+    assert!(e.to_string().contains("options.sendProxyProtocol"), "{e}");
+    let e = parse_options(&json!({"acceptProxyProtocol": true})).unwrap_err();
+    assert!(e.to_string().contains("proxyIPs"), "{e}");
+    let e = parse_options(&json!({"proxyIPs": ["not an ip"]})).unwrap_err();
+    assert!(e.to_string().contains("proxyIPs"), "{e}");
     let e = parse_options(&json!({"defaults": {"target": {"host": "x"}}})).unwrap_err();
     assert!(e.to_string().contains("defaults.target"), "{e}");
     let (o, _) = parse_options(&json!({"inactivityTimeout": 1e15})).unwrap();

@@ -143,11 +143,13 @@ pub struct SelectedTarget {
     pub port: u16,
     pub host_fn: Option<u32>,
     pub port_fn: Option<u32>,
+    /// The target's `sendProxyProtocol`, else its route's; `None`: the global option applies.
+    pub send_proxy: Option<crate::config::SendProxy>,
 }
 
 impl SelectedTarget {
     pub fn fixed(host: String, port: u16) -> Self {
-        SelectedTarget { host, port, host_fn: None, port_fn: None }
+        SelectedTarget { host, port, host_fn: None, port_fn: None, send_proxy: None }
     }
 }
 
@@ -310,7 +312,8 @@ impl RouteTable {
             TargetPort::Preserve => (input.port, None),
             TargetPort::Function(f) => (0, Some(f)),
         };
-        Some(SelectedTarget { host, port, host_fn: t.host_fn, port_fn })
+        let send_proxy = t.send_proxy_protocol.or(r.forward().send_proxy_protocol);
+        Some(SelectedTarget { host, port, host_fn: t.host_fn, port_fn, send_proxy })
     }
 }
 

@@ -1,16 +1,30 @@
-//! Layer-4 plumbing: the bidirectional relay, socket options, and the peek used for detection.
+//! Layer-4 plumbing: the bidirectional relay, socket options, the peek used for detection, and
+//! reading an inbound PROXY protocol header.
 
 mod peek;
 mod relay;
 #[cfg(target_os = "linux")]
 mod splice;
 
-pub use peek::{peek_initial, Initial, PeekError};
+pub use peek::{peek_initial, read_proxy_header, Initial, PeekError, ProxyHeaderError};
 pub use relay::{relay, RelayEnd};
 
 use socket2::{SockRef, TcpKeepalive};
 use std::time::Duration;
 use tokio::net::TcpStream;
+
+/// Writes all of `buf` (a PROXY protocol header before the relay starts).
+pub async fn write_all(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        s.writable().await?;
+        match s.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// Socket options applied to both sides of a forwarded connection.
 #[derive(Debug, Clone, Copy)]

@@ -86,6 +86,73 @@ pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initi
     }
 }
 
+/// Why no PROXY protocol header could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeaderError {
+    Timeout,
+    Closed,
+    Invalid(&'static str),
+}
+
+/// Reads the PROXY protocol header a trusted source sends first, consuming exactly its bytes
+/// (the connection's own bytes stay queued for detection), also when it arrives in pieces.
+pub async fn read_proxy_header(
+    stream: &TcpStream,
+    deadline: Instant,
+) -> Result<crate::proxy_protocol::Header, ProxyHeaderError> {
+    use crate::proxy_protocol::{parse, Parsed, MAX_HEADER, V1_MAX};
+    let peeker = Peeker::new(stream).map_err(|_| ProxyHeaderError::Closed)?;
+    // A v1 header, or a v2 header with addresses and a few TLVs, fits at once.
+    let mut buf = vec![0u8; 256.max(V1_MAX)];
+    let mut have = 0usize;
+    let header = loop {
+        let ready = tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
+            .await
+            .map_err(|_| ProxyHeaderError::Timeout)?
+            .map_err(|_| ProxyHeaderError::Closed)?;
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let n = peeker.peek(&mut buf)?;
+            if n == have && n > 0 && n < buf.len() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match peeked {
+            Ok(0) => return Err(ProxyHeaderError::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if ready.is_read_closed() {
+                    return Err(ProxyHeaderError::Closed);
+                }
+                continue;
+            }
+            Err(_) => return Err(ProxyHeaderError::Closed),
+        };
+        have = n;
+        match parse(&buf[..have]) {
+            Parsed::Header(h) => break h,
+            Parsed::Invalid(why) => return Err(ProxyHeaderError::Invalid(why)),
+            Parsed::Incomplete if have == buf.len() => buf.resize(MAX_HEADER, 0),
+            Parsed::Incomplete => {}
+        }
+    };
+    // Consume the header: its bytes are queued already.
+    let mut left = header.len;
+    while left > 0 {
+        tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
+            .await
+            .map_err(|_| ProxyHeaderError::Timeout)?
+            .map_err(|_| ProxyHeaderError::Closed)?;
+        match stream.try_read(&mut buf[..left]) {
+            Ok(0) => return Err(ProxyHeaderError::Closed),
+            Ok(n) => left -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(ProxyHeaderError::Closed),
+        }
+    }
+    Ok(header)
+}
+
 /// Copies queued bytes without consuming them.
 #[cfg(target_os = "linux")]
 struct Peeker<'a>(&'a TcpStream);
