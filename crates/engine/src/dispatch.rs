@@ -192,7 +192,8 @@ async fn serve(
     if let Some(version) = target.send_proxy.unwrap_or(o.send_proxy_protocol) {
         // Before any other byte: whom the connection is from, and where it was going.
         let src = SocketAddr::new(ip, client.port);
-        let Some(dst) = client.dst.or_else(|| stream.local_addr().ok()) else {
+        let local = stream.local_addr().ok().map(|a| SocketAddr::new(normalize_ip(a.ip()), a.port()));
+        let Some(dst) = client.dst.or(local) else {
             return Termination::ClientError;
         };
         let header = crate::proxy_protocol::encode(version, src, dst);

@@ -109,7 +109,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
 
 fn parse_v1(buf: &[u8]) -> Parsed {
     let Some(end) = buf.iter().take(V1_MAX).position(|&b| b == b'\n') else {
-        return if buf.len() >= V1_MAX { Parsed::Invalid("v1 header longer than 107 bytes") } else { Parsed::Incomplete };
+        return if buf.len() >= V1_MAX {
+            Parsed::Invalid("v1 header longer than 107 bytes")
+        } else {
+            Parsed::Incomplete
+        };
     };
     if end == 0 || buf[end - 1] != b'\r' {
         return Parsed::Invalid("v1 header not ended by CRLF");
@@ -199,7 +203,8 @@ fn parse_v2(buf: &[u8]) -> Parsed {
         (false, Some(v6)) => {
             let a = &body[..addr_len];
             let (src, dst, ports) = if v6 {
-                let ip = |at: usize| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&a[at..at + 16]).unwrap_or([0; 16])));
+                let ip =
+                    |at: usize| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&a[at..at + 16]).unwrap_or([0; 16])));
                 (ip(0), ip(16), &a[32..36])
             } else {
                 let ip = |at: usize| IpAddr::V4(Ipv4Addr::new(a[at], a[at + 1], a[at + 2], a[at + 3]));
@@ -364,7 +369,10 @@ mod tests {
         let full = v2(1, 0x11, &body);
         let h = header(&full);
         assert_eq!(h.source, Source::Tcp { src: sa("192.0.2.1:56324"), dst: sa("198.51.100.2:443") });
-        assert_eq!((h.alpn(), h.authority(), h.unique_id()), (Some(&b"h2"[..]), Some("a.test"), Some(&[1u8, 2, 3][..])));
+        assert_eq!(
+            (h.alpn(), h.authority(), h.unique_id()),
+            (Some(&b"h2"[..]), Some("a.test"), Some(&[1u8, 2, 3][..]))
+        );
         assert_eq!(h.tlvs.len(), 5);
         assert_eq!(h.tlvs[3], Tlv { kind: 0xe0, value: vec![9] });
         assert_eq!(h.len, full.len());
@@ -408,11 +416,9 @@ mod tests {
 
     #[test]
     fn encode_round_trips() {
-        for (src, dst) in [
-            ("192.0.2.1:56324", "198.51.100.2:443"),
-            ("[2001:db8::1]:1", "[::1]:65535"),
-            ("192.0.2.1:5", "[::1]:6"),
-        ] {
+        for (src, dst) in
+            [("192.0.2.1:56324", "198.51.100.2:443"), ("[2001:db8::1]:1", "[::1]:65535"), ("192.0.2.1:5", "[::1]:6")]
+        {
             for v in [Version::V1, Version::V2] {
                 let bytes = encode(v, sa(src), sa(dst));
                 let h = header(&bytes);

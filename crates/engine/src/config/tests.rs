@@ -114,7 +114,9 @@ fn options_defaults_and_errors() {
     use crate::proxy_protocol::Version;
     let (o, _) = parse_options(&json!({"sendProxyProtocol": true, "proxyIPs": ["10.0.0.0/8"]})).unwrap();
     assert_eq!((o.send_proxy_protocol, o.accept_proxy_protocol, o.proxy_ips.len()), (Some(Version::V1), true, 1));
-    let (o, _) = parse_options(&json!({"sendProxyProtocol": "v2", "proxyIPs": ["10.0.0.*"], "acceptProxyProtocol": false})).unwrap();
+    let (o, _) =
+        parse_options(&json!({"sendProxyProtocol": "v2", "proxyIPs": ["10.0.0.*"], "acceptProxyProtocol": false}))
+            .unwrap();
     assert_eq!((o.send_proxy_protocol, o.accept_proxy_protocol), (Some(Version::V2), false));
     assert_eq!(parse_options(&json!({})).unwrap().0.send_proxy_protocol, None);
     let e = parse_options(&json!({"sendProxyProtocol": "v3"})).unwrap_err();
