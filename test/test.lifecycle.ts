@@ -45,9 +45,9 @@ tap.test('invalid routes are rejected naming the route and the field', async () 
 tap.test('features not built yet fail loudly at start() and updateRoutes()', async () => {
   const port = await h.freePort();
   const term = { name: 'https', match: { ports: port, domains: 'x.test' }, action: { type: 'forward' as const, target: { host: 'x', port: 1 }, tls: { mode: 'terminate' as const, certificate: 'auto' as const } } };
-  const err = await new SmartProxy({ sendProxyProtocol: 'v2', routes: [term] }).start().then(() => null, (e) => e);
+  const err = await new SmartProxy({ preserveSourceIP: true, routes: [term] }).start().then(() => null, (e) => e);
   expect(err.code).toEqual('ERR_NOT_SUPPORTED');
-  expect(err.message).toEqual('not supported yet: route "https" (index 0): sendProxyProtocol on a route that terminates TLS (backend connections of the HTTP layer)');
+  expect(err.message).toEqual('not supported yet: preserveSourceIP (transparent source address)');
   const p = new SmartProxy({ routes: [h.forward('r', port, one.port)] });
   await p.start();
   const oauth = { name: 'oauth', match: { ports: port }, action: { type: 'forward' as const, target: { host: 'x', port: 1 } }, security: { authentication: { type: 'oauth' as const } } };

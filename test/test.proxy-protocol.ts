@@ -1,8 +1,8 @@
 // The PROXY protocol, v1 and v2, in and out: the real client behind a trusted load balancer
 // (proxyIPs) in every place that uses the client address; headers in pieces, malformed,
-// oversize, missing, and from untrusted sources; sendProxyProtocol on layer-4 routes (TCP, TLS
-// passthrough, plain HTTP relayed per client); a chain of two proxies; HAProxy in front and
-// nginx behind.
+// oversize, missing, and from untrusted sources; sendProxyProtocol on every kind of route (TCP,
+// TLS passthrough, plain HTTP and TLS termination with a backend connection per request,
+// HTTP/2 clients, WebSocket); a chain of two proxies; HAProxy in front and nginx behind.
 import { tap, expect } from '@git.zone/tstest/tapbundle';
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -273,6 +273,55 @@ function headerCapture() {
   return { heads, firstAfter, server };
 }
 
+/** An HTTP/1.1 backend behind a PROXY header: answers each request with its path and the
+ * header its connection started with. */
+function proxiedHttpBackend() {
+  return h.tcpServer((s) => {
+    let buf = Buffer.alloc(0);
+    let head: string | undefined;
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (head === undefined) {
+        let len = 0;
+        if (buf.subarray(0, 12).equals(SIG) && buf.length >= 16) len = 16 + buf.readUInt16BE(14);
+        else if (buf.indexOf('\r\n') > 0) len = buf.indexOf('\r\n') + 2;
+        if (!len || buf.length < len) return;
+        head = describe(buf.subarray(0, len));
+        buf = buf.subarray(len);
+      }
+      for (let end = buf.indexOf('\r\n\r\n'); end >= 0; end = buf.indexOf('\r\n\r\n')) {
+        const request = buf.subarray(0, end).toString('latin1');
+        const path = request.split(' ')[1];
+        buf = buf.subarray(end + 4);
+        if (/\r\nupgrade: websocket/i.test(request)) {
+          s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n${path} ${head}\n`);
+          return;
+        }
+        const body = `${path} ${head}`;
+        s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+      }
+    });
+  });
+}
+
+/** Reads `n` HTTP/1.1 responses (Content-Length bodies) from a socket; their bodies. */
+async function readBodies(s: net.Socket, n: number): Promise<string[]> {
+  let buf = '';
+  const bodies: string[] = [];
+  s.on('data', (d) => (buf += d.toString('latin1')));
+  await h.waitFor(() => {
+    for (;;) {
+      const end = buf.indexOf('\r\n\r\n');
+      const m = /content-length: (\d+)/i.exec(buf.slice(0, end));
+      if (end < 0 || !m || buf.length < end + 4 + Number(m[1])) break;
+      bodies.push(buf.slice(end + 4, end + 4 + Number(m[1])));
+      buf = buf.slice(end + 4 + Number(m[1]));
+    }
+    return bodies.length >= n;
+  }, 5000, `${n} responses`).finally(() => s.removeAllListeners('data'));
+  return bodies;
+}
+
 function describe(head: Buffer): string {
   if (head.subarray(0, 12).equals(SIG)) {
     const fam = head[13];
@@ -286,13 +335,14 @@ function describe(head: Buffer): string {
 tap.test('out: v1 and v2 on a TCP route, TLS passthrough and a plain HTTP route (one backend connection per client)', async () => {
   const { heads, firstAfter, server } = headerCapture();
   const backend = await server;
+  const web = await proxiedHttpBackend();
   const [tcpPort, passPort, httpPort] = await h.freePorts(3);
   const p2 = new SmartProxy({
     sendProxyProtocol: 'v2',
     routes: [
       { name: 'tcp', match: { ports: tcpPort }, action: { type: 'forward', target: { host: h.HOST, port: backend.port }, sendProxyProtocol: true } },
       { name: 'pass', match: { ports: passPort, domains: 'p.test' }, action: { type: 'forward', target: { host: h.HOST, port: backend.port }, tls: { mode: 'passthrough' } } },
-      { name: 'web', match: { ports: httpPort, domains: 'web.test' }, action: { type: 'forward', targets: [{ host: h.HOST, port: backend.port, sendProxyProtocol: 'v1' }] } },
+      { name: 'web', match: { ports: httpPort, domains: 'web.test' }, action: { type: 'forward', targets: [{ host: h.HOST, port: web.port, sendProxyProtocol: 'v1' }] } },
     ],
   });
   await p2.start();
@@ -314,34 +364,72 @@ tap.test('out: v1 and v2 on a TCP route, TLS passthrough and a plain HTTP route 
     await h.waitFor(() => firstAfter[1] !== undefined, 3000, 'the ClientHello after the header');
     expect(firstAfter[1]).toEqual(0x16);
     hello.destroy();
-    // HTTP, v1 on the target: each client gets its own backend connection and header.
+    // HTTP, v1 on the target: each client's requests go on backend connections of their own,
+    // each starting with a header that names that client.
     const [a, b] = [await h.connect(httpPort), await h.connect(httpPort)];
     const clientPorts = [a.localPort, b.localPort];
-    for (const s of [a, b]) s.write('GET / HTTP/1.1\r\nHost: web.test\r\n\r\n');
-    await h.waitFor(() => heads.length === 4, 3000, 'two HTTP backend connections');
-    const named = heads.slice(2).map(describe).sort();
-    expect(named).toEqual(clientPorts.map((p) => `PROXY TCP4 127.0.0.1 127.0.0.1 ${p} ${httpPort}`).sort());
+    for (const s of [a, b]) s.write('GET /one HTTP/1.1\r\nHost: web.test\r\n\r\nGET /two HTTP/1.1\r\nHost: web.test\r\n\r\n');
+    const bodies = await Promise.all([a, b].map((s) => readBodies(s, 2)));
+    for (const [i, got] of bodies.entries()) {
+      expect(got).toEqual([`/one PROXY TCP4 127.0.0.1 127.0.0.1 ${clientPorts[i]} ${httpPort}`, `/two PROXY TCP4 127.0.0.1 127.0.0.1 ${clientPorts[i]} ${httpPort}`]);
+    }
     a.destroy();
     b.destroy();
   } finally {
     await p2.stop();
     await backend.close();
+    await web.close();
   }
 });
 
-tap.test('a route that terminates TLS refuses sendProxyProtocol (not supported yet), a socket handler refuses it as meaningless', async () => {
+tap.test('out through the HTTP layer: a TLS-terminating route (v2, HTTP/1.1 and HTTP/2 clients) and a WebSocket upgrade', async () => {
   const p = await h.freePort();
-  const cert = h.makeCert('x.test');
-  const term = new SmartProxy({ routes: [{ name: 't', match: { ports: p }, action: { type: 'forward', target: { host: h.HOST, port: 1 }, tls: { mode: 'terminate', certificate: cert }, sendProxyProtocol: 'v2' } }] });
-  const e1: any = await term.start().catch((e) => e);
-  expect(e1.code).toEqual('ERR_NOT_SUPPORTED');
-  expect(e1.message).toMatch(/route "t".*sendProxyProtocol/);
-  const global = new SmartProxy({ sendProxyProtocol: true, routes: [{ name: 'g', match: { ports: p }, action: { type: 'forward', target: { host: h.HOST, port: 1 }, tls: { mode: 'terminate', certificate: cert } } }] });
-  expect(((await global.start().catch((e) => e)) as any).code).toEqual('ERR_NOT_SUPPORTED');
+  const cert = h.makeCert('t.test');
+  const web = await proxiedHttpBackend();
+  const term = new SmartProxy({ sendProxyProtocol: 'v2', routes: [{ name: 't', match: { ports: p, domains: 't.test' }, action: { type: 'forward', target: { host: h.HOST, port: web.port }, tls: { mode: 'terminate', certificate: cert } } }] });
+  await term.start();
+  try {
+    const s = tls.connect({ host: h.HOST, port: p, servername: 't.test', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+    await new Promise((r) => s.once('secureConnect', r));
+    const localPort = s.localPort;
+    s.write('GET /a HTTP/1.1\r\nHost: t.test\r\n\r\n');
+    const [body] = await readBodies(s as unknown as net.Socket, 1);
+    expect(body).toEqual(`/a v2 127.0.0.1:${localPort} -> 127.0.0.1:${p}`);
+    s.destroy();
+    const http2 = await import('node:http2');
+    const session = http2.connect(`https://127.0.0.1:${p}`, { servername: 't.test', rejectUnauthorized: false });
+    await new Promise((r) => session.once('connect', r));
+    const h2Port = (session.socket as net.Socket).localPort;
+    const answer = await h.h2Ask(session, { ':path': '/b', ':authority': 't.test' });
+    expect(answer.body.toString()).toEqual(`/b v2 127.0.0.1:${h2Port} -> 127.0.0.1:${p}`);
+    session.close();
+    // A WebSocket upgrade: its backend connection starts with the header too.
+    const ws = tls.connect({ host: h.HOST, port: p, servername: 't.test', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+    await new Promise((r) => ws.once('secureConnect', r));
+    const wsPort = ws.localPort;
+    ws.write('GET /ws HTTP/1.1\r\nHost: t.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+    let got = '';
+    ws.on('data', (d) => (got += d));
+    await h.waitFor(() => got.includes('\n/ws '), 5000, 'the upgraded stream');
+    expect(got.startsWith('HTTP/1.1 101')).toBeTrue();
+    expect(got.endsWith(`/ws v2 127.0.0.1:${wsPort} -> 127.0.0.1:${p}\n`)).toBeTrue();
+    ws.destroy();
+  } finally {
+    await term.stop();
+    await web.close();
+  }
+});
+
+tap.test('refusals: sendProxyProtocol on a socket handler, acceptProxyProtocol without proxyIPs', async () => {
+  const p = await h.freePort();
   const sh = new SmartProxy({ routes: [{ name: 's', match: { ports: p }, action: { type: 'socket-handler', socketHandler: () => {}, sendProxyProtocol: true } as any }] });
-  expect(((await sh.start().catch((e) => e)) as any).code).toEqual('ERR_INVALID_CONFIG');
+  const e1: any = await sh.start().catch((e) => e);
+  expect(e1.code).toEqual('ERR_INVALID_CONFIG');
+  expect(e1.message).toMatch(/route "s".*sendProxyProtocol/);
   const unknown = new SmartProxy({ acceptProxyProtocol: true, routes: [reporter('x', p)] });
-  expect(((await unknown.start().catch((e) => e)) as any).message).toMatch(/proxyIPs/);
+  const e2: any = await unknown.start().catch((e) => e);
+  expect(e2.code).toEqual('ERR_INVALID_CONFIG');
+  expect(e2.message).toMatch(/proxyIPs/);
 });
 
 tap.test('a chain: client → proxy A (sends v2) → proxy B (trusts A) keeps the original client', async () => {

@@ -165,7 +165,7 @@ async fn serve(
     let (idle, lifetime) = effective_timeouts(o, keep_alive, guard.rec.id);
     let target = match plan {
         Plan::Tls { cfg, sni, version } => {
-            let cx = http_conn(sh, port, ip, local_ip(&stream), true, sni, version, &guard.rec);
+            let cx = http_conn(sh, port, ip, local_ip(&stream), dst(&stream, &client), true, sni, version, &guard.rec);
             return Box::pin(with_lifetime(
                 serve_tls(stream, cfg, cx, idle, o.initial_data_timeout),
                 &guard.rec,
@@ -174,7 +174,7 @@ async fn serve(
             .await;
         }
         Plan::Http => {
-            let cx = http_conn(sh, port, ip, local_ip(&stream), false, None, None, &guard.rec);
+            let cx = http_conn(sh, port, ip, local_ip(&stream), dst(&stream, &client), false, None, None, &guard.rec);
             return Box::pin(with_lifetime(crate::http::serve(stream, cx, idle), &guard.rec, lifetime)).await;
         }
         Plan::Socket { handler, context } => return hand_over(stream, handler, context, sh, &guard.rec),
@@ -192,11 +192,7 @@ async fn serve(
     if let Some(version) = target.send_proxy.unwrap_or(o.send_proxy_protocol) {
         // Before any other byte: whom the connection is from, and where it was going.
         let src = SocketAddr::new(ip, client.port);
-        let local = stream.local_addr().ok().map(|a| SocketAddr::new(normalize_ip(a.ip()), a.port()));
-        let Some(dst) = client.dst.or(local) else {
-            return Termination::ClientError;
-        };
-        let header = crate::proxy_protocol::encode(version, src, dst);
+        let header = crate::proxy_protocol::encode(version, src, dst(&stream, &client));
         if tcp::write_all(&backend, &header).await.is_err() {
             return Termination::BackendError;
         }
@@ -311,14 +307,7 @@ async fn plan(
     // Plain HTTP on a port whose routes look at requests: the HTTP layer routes each request.
     // The route's IP rules are the request plan's here: a refused client gets a 403 answer
     // (each request of the connection is routed, and checked, on its own).
-    // A route that sends a PROXY protocol header is relayed at layer 4 (its backend connection
-    // belongs to this client alone).
-    let sends_proxy = |i: usize| {
-        let r = table.route(i);
-        r.forward().send_proxy_protocol.unwrap_or(o.send_proxy_protocol).is_some()
-            || r.forward().targets.iter().any(|t| t.send_proxy_protocol.flatten().is_some())
-    };
-    if looks_http && !is_tls && table.port_has_plain_http_routes(port) && !idx.is_some_and(sends_proxy) {
+    if looks_http && !is_tls && table.port_has_plain_http_routes(port) {
         if let Some(route) = idx.map(|i| table.route(i)) {
             guard.set_route(route)?;
         }
@@ -465,6 +454,15 @@ fn connection_context(
     .to_json()
 }
 
+/// The address the client connected to: a PROXY protocol header's, else this socket's.
+fn dst(s: &TcpStream, client: &ClientAddr) -> SocketAddr {
+    client.dst.unwrap_or_else(|| {
+        s.local_addr()
+            .map(|a| SocketAddr::new(normalize_ip(a.ip()), a.port()))
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    })
+}
+
 fn local_ip(s: &TcpStream) -> String {
     s.local_addr().map(|a| normalize_ip(a.ip()).to_string()).unwrap_or_default()
 }
@@ -475,6 +473,7 @@ fn http_conn(
     port: u16,
     ip: IpAddr,
     server_ip: String,
+    dst: SocketAddr,
     tls: bool,
     sni: Option<String>,
     tls_version: Option<crate::detect::TlsVersion>,
@@ -487,6 +486,7 @@ fn http_conn(
         client_ip_text: ip.to_string(),
         client_ip_value: Default::default(),
         server_ip,
+        dst,
         tls,
         sni,
         tls_version,

@@ -51,14 +51,6 @@ impl Snapshot {
         })?;
         for r in table.routes() {
             let f = r.forward();
-            let sends = f.send_proxy_protocol.unwrap_or(o.send_proxy_protocol).is_some()
-                || f.targets.iter().any(|t| t.send_proxy_protocol.flatten().is_some());
-            if sends && r.tls_mode().is_some_and(|m| m.terminates()) {
-                return Err(ConfigError::NotSupported(format!(
-                    "{}: sendProxyProtocol on a route that terminates TLS (backend connections of the HTTP layer)",
-                    r.route.label()
-                )));
-            }
             if f.socket_handler.is_some() && f.send_proxy_protocol.flatten().is_some() {
                 return Err(ConfigError::Invalid(format!(
                     "{}: action.sendProxyProtocol: a socket-handler route has no backend to send it to",

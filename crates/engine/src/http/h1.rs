@@ -532,8 +532,12 @@ impl HttpView for View<'_, '_> {
 
 /// Whether the plan needs something only the hyper path does: a target function to call, TLS
 /// or HTTP/2 to the backend, or the route's own (verifying) backend clients.
-fn needs_hyper(r: &Routed) -> bool {
-    r.needs_js() || r.own_backends().is_some() || r.reencrypt() || r.backend_h2()
+fn needs_hyper(r: &Routed, cx: &HttpConn) -> bool {
+    r.needs_js()
+        || r.own_backends().is_some()
+        || r.reencrypt()
+        || r.backend_h2()
+        || r.target.send_proxy.unwrap_or(cx.sh.options.send_proxy_protocol).is_some()
 }
 
 /// Parses a request head at the start of `buf`, asks the [`plan`] what to do with it, and
@@ -634,7 +638,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
         Ok(Outcome::Answer(a)) => return answer(a),
         Err(e) => return answer(e.into()),
     };
-    if needs_hyper(&routed) {
+    if needs_hyper(&routed, cx) {
         return Parsed::Hyper;
     }
     let edits = routed.edits(cx, &facts);

@@ -65,6 +65,9 @@ pub struct HttpConn {
     /// share its bytes).
     pub client_ip_value: std::sync::OnceLock<HeaderValue>,
     pub server_ip: String,
+    /// The address the client connected to (a PROXY protocol header's, else this socket's):
+    /// the destination of the PROXY header backends get.
+    pub dst: std::net::SocketAddr,
     /// TLS was terminated here.
     pub tls: bool,
     pub sni: Option<String>,
@@ -80,6 +83,14 @@ pub struct HttpConn {
 pub type UpgradedRelay = Pin<Box<dyn std::future::Future<Output = Termination> + Send>>;
 
 impl HttpConn {
+    /// The PROXY protocol header for a backend connection of `target`, when its
+    /// `sendProxyProtocol` (target, else route, else global) asks for one.
+    pub(crate) fn proxy_header(&self, target: &SelectedTarget) -> Option<crate::upstream::ProxyHeader> {
+        let version = target.send_proxy.unwrap_or(self.sh.options.send_proxy_protocol)?;
+        let src = std::net::SocketAddr::new(self.client_ip, self.rec.client_port);
+        Some(crate::upstream::ProxyHeader { version, src, dst: self.dst })
+    }
+
     fn take_upgraded(&self) -> Option<UpgradedRelay> {
         self.upgraded.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
@@ -306,6 +317,33 @@ where
             limits,
         ))
         .await?
+    } else if let Some(header) = cx.proxy_header(&routed.target) {
+        // The backend connection carries this client's address: one of its own, never pooled.
+        let t = &routed.target;
+        req.headers_mut().remove(header::CONNECTION);
+        let authority = host_raw.unwrap_or(&t.host).to_owned();
+        let uri = if backend_h2 {
+            let scheme = if reencrypt { "https" } else { "http" };
+            format!("{scheme}://{authority}{path_and_query}")
+        } else {
+            path_and_query
+        };
+        *req.uri_mut() = uri.parse().map_err(|_| HttpError::BadRequest)?;
+        *req.version_mut() = if backend_h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        if backend_h2 {
+            req.headers_mut().remove(header::HOST);
+        }
+        let req = req.map(|b| b.map_err(Into::into).boxed());
+        let tls = reencrypt.then(|| backends.tls_h1.clone());
+        let send = crate::upstream::send_proxied(&cx.sh, t, header, tls, backend_h2, req);
+        match tokio::time::timeout(wait, Box::pin(send)).await {
+            Err(_) => return Err(HttpError::BackendTimeout),
+            Ok(r) => {
+                let (mut parts, body) = r?.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+            }
+        }
     } else if !reencrypt && routed.own_backends().is_none() && !backend_h2 && req.body().is_end_stream() {
         // No body (HTTP/2 GETs, mostly): the fast path's backend connections, no hyper client.
         let (parts, _) = req.into_parts();
@@ -368,7 +406,7 @@ async fn upgrade_request(
     parts.uri = path_and_query.parse().map_err(|_| HttpError::BadRequest)?;
     parts.version = Version::HTTP_11;
     let breq = Request::from_parts(parts, Empty::<Bytes>::new());
-    let mut resp = crate::upstream::upgrade(&cx.sh, target, tls, breq).await?;
+    let mut resp = crate::upstream::upgrade(&cx.sh, target, tls, cx.proxy_header(target), breq).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (parts, body) = resp.into_parts();
         return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed()));

@@ -115,35 +115,103 @@ pub(crate) async fn connect(sh: &EngineContext, host: &str, port: u16) -> Result
     })
 }
 
-/// Sends an upgrade request (WebSocket) on a fresh backend connection, over TLS when `tls` is
-/// given (re-encryption), and returns the backend's answer (a `101` carries the upgrade).
-pub(crate) async fn upgrade(
+/// A PROXY protocol header for a backend connection: its version, the client, and the address
+/// the client connected to.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyHeader {
+    pub version: crate::proxy_protocol::Version,
+    pub src: std::net::SocketAddr,
+    pub dst: std::net::SocketAddr,
+}
+
+/// [`connect`], then the PROXY protocol header when one is given, before any other byte.
+pub(crate) async fn connect_with(
+    sh: &EngineContext,
+    host: &str,
+    port: u16,
+    header: Option<ProxyHeader>,
+) -> Result<TcpStream, HttpError> {
+    let tcp = connect(sh, host, port).await?;
+    if let Some(h) = header {
+        let bytes = crate::proxy_protocol::encode(h.version, h.src, h.dst);
+        crate::tcp::write_all(&tcp, &bytes).await.map_err(|_| HttpError::BackendUnreachable)?;
+    }
+    Ok(tcp)
+}
+
+/// A backend connection of its own (not pooled): TCP, the PROXY header if any, TLS when `tls`
+/// is given (re-encryption). Backend connections that carry a client's PROXY header are never
+/// shared with other clients: each request of such a route gets one of these.
+async fn own_connection(
     sh: &EngineContext,
     target: &SelectedTarget,
+    header: Option<ProxyHeader>,
     tls: Option<Arc<rustls::ClientConfig>>,
-    req: Request<Empty<Bytes>>,
-) -> Result<Response<Incoming>, HttpError> {
-    let tcp = connect(sh, &target.host, target.port).await?;
+) -> Result<Box<dyn Io>, HttpError> {
+    let tcp = connect_with(sh, &target.host, target.port, header).await?;
     match tls {
         Some(cfg) => {
             let name =
                 rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|_| HttpError::BackendBroken)?;
             let stream =
                 tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|_| HttpError::BackendBroken)?;
-            exchange(stream, req).await
+            Ok(Box::new(stream))
         }
-        None => exchange(tcp, req).await,
+        None => Ok(Box::new(tcp)),
     }
 }
 
-async fn exchange<IO>(io: IO, req: Request<Empty<Bytes>>) -> Result<Response<Incoming>, HttpError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Sends an upgrade request (WebSocket) on a fresh backend connection, over TLS when `tls` is
+/// given (re-encryption), after a PROXY header when one is given, and returns the backend's
+/// answer (a `101` carries the upgrade).
+pub(crate) async fn upgrade(
+    sh: &EngineContext,
+    target: &SelectedTarget,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    header: Option<ProxyHeader>,
+    req: Request<Empty<Bytes>>,
+) -> Result<Response<Incoming>, HttpError> {
+    let io = own_connection(sh, target, header, tls).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|_| HttpError::BackendBroken)?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
     sender.send_request(req).await.map_err(|_| HttpError::BackendBroken)
+}
+
+/// Sends one request on a backend connection of its own that starts with `header` (HTTP/1.1,
+/// or HTTP/2 when `h2`), over TLS when `tls` is given.
+pub(crate) async fn send_proxied(
+    sh: &EngineContext,
+    target: &SelectedTarget,
+    header: ProxyHeader,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    h2: bool,
+    req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, HttpError> {
+    let tls = match (tls, h2) {
+        (Some(cfg), true) => {
+            let mut c = (*cfg).clone();
+            c.alpn_protocols = vec![b"h2".to_vec()];
+            Some(Arc::new(c))
+        }
+        (tls, _) => tls,
+    };
+    let io = TokioIo::new(own_connection(sh, target, Some(header), tls).await?);
+    if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|_| HttpError::BackendBroken)?;
+        tokio::spawn(conn);
+        sender.send_request(req).await.map_err(|_| HttpError::BackendBroken)
+    } else {
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(io).await.map_err(|_| HttpError::BackendBroken)?;
+        tokio::spawn(conn);
+        sender.send_request(req).await.map_err(|_| HttpError::BackendBroken)
+    }
 }
