@@ -13,8 +13,10 @@ const target = { host: process.env.PERF_BACKEND_HOST || '127.0.0.1', port: Numbe
 let route;
 switch (mode) {
   case 'tcp':
-    // Layer 4: nothing inspected.
+    // Layer 4: nothing inspected. PERF_PROXY_PROTOCOL=v1|v2 (bench/proxy-protocol.ts): read
+    // that header from 127.0.0.1 and send it to the backend.
     route = { name: 'bench', match: { ports: listen }, action: { type: 'forward', target } };
+    if (process.env.PERF_PROXY_PROTOCOL) route.action.sendProxyProtocol = process.env.PERF_PROXY_PROTOCOL;
     break;
   case 'http':
     // The HTTP layer (per-request routing by Host), keep-alive to the backend.
@@ -34,6 +36,7 @@ switch (mode) {
 
 const proxy = new SmartProxy({
   routes: [route],
+  ...(process.env.PERF_PROXY_PROTOCOL ? { proxyIPs: ['127.0.0.1'] } : {}),
   // The load generator is one client IP: upstream's per-IP defaults (100 concurrent, 300/min)
   // would cap the benchmark, and the peers have no such limits.
   maxConnectionsPerIP: 0,

@@ -30,6 +30,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+/// At most this many of the client's queued bytes are sent with an outbound PROXY header.
+const FIRST_BYTES_WITH_HEADER: usize = 16 * 1024;
+
 /// TLS alert descriptions sent when a TLS connection is refused.
 const ALERT_HANDSHAKE_FAILURE: u8 = 40;
 const ALERT_DECODE_ERROR: u8 = 50;
@@ -192,8 +195,16 @@ async fn serve(
     if let Some(version) = target.send_proxy.unwrap_or(o.send_proxy_protocol) {
         // Before any other byte: whom the connection is from, and where it was going.
         let src = SocketAddr::new(ip, client.port);
-        let header = crate::proxy_protocol::encode(version, src, dst(&stream, &client));
-        if tcp::write_all(&backend, &header).await.is_err() {
+        let mut out = crate::proxy_protocol::encode(version, src, dst(&stream, &client));
+        // The client's first bytes, when already queued, go in the same segment (one send and
+        // one loopback or wire traversal instead of two); a server-first protocol waits for
+        // nothing, as nothing is held back.
+        let n = tcp::read_now(&stream, &mut out, FIRST_BYTES_WITH_HEADER);
+        if n > 0 {
+            guard.rec.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            guard.rec.touch();
+        }
+        if tcp::write_all(&backend, &out).await.is_err() {
             return Termination::BackendError;
         }
     }

@@ -105,7 +105,19 @@ pub async fn read_proxy_header(
     // A v1 header, or a v2 header with addresses and a few TLVs, fits at once.
     let mut buf = vec![0u8; 256.max(V1_MAX)];
     let mut have = 0usize;
+    // Balancers send the header with or right after the handshake: it is usually queued by the
+    // time the connection is accepted, so look before waiting for readiness (a reactor turn).
+    let mut early = None;
+    if let Ok(n) = peeker.peek(&mut buf) {
+        have = n;
+        if let Parsed::Header(h) = parse(&buf[..n]) {
+            early = Some(h);
+        }
+    }
     let header = loop {
+        if let Some(h) = early.take() {
+            break h;
+        }
         let ready = tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
             .await
             .map_err(|_| ProxyHeaderError::Timeout)?
@@ -136,8 +148,8 @@ pub async fn read_proxy_header(
             Parsed::Incomplete => {}
         }
     };
-    // Consume the header: its bytes are queued already.
-    let mut left = header.len;
+    // Consume the header: its bytes are queued already (one `recv`, at once, as a rule).
+    let mut left = header.len - consume_now(stream, &mut buf, header.len);
     while left > 0 {
         tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
             .await
@@ -151,6 +163,20 @@ pub async fn read_proxy_header(
         }
     }
     Ok(header)
+}
+
+/// Consumes up to `len` queued bytes with one `recv`, without waiting; how many it consumed
+/// (the caller reads the rest through the runtime).
+fn consume_now(stream: &TcpStream, buf: &mut [u8], len: usize) -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::net::recv(stream, &mut buf[..len], rustix::net::RecvFlags::DONTWAIT).map_or(0, |(n, _)| n)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (stream, buf, len);
+        0
+    }
 }
 
 /// Copies queued bytes without consuming them.
