@@ -22,8 +22,9 @@ export interface IRouteContext {
   clientIp: string;
   /** smartproxy-native: the client's port (likewise). */
   clientPort?: number;
-  /** smartproxy-native: the version of the PROXY protocol header the connection came with. */
-  proxyProtocol?: 'v1' | 'v2';
+  /** smartproxy-native: the PROXY protocol header the connection came with (v2 TLVs: ALPN,
+   * authority and unique id decoded; every TLV's value in hex). */
+  proxyProtocol?: { version: 'v1' | 'v2'; alpn?: string; authority?: string; uniqueId?: string; tlvs: { type: number; value: string }[] };
   serverIp: string;
   path?: string;
   query?: string;

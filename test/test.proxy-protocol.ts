@@ -65,7 +65,7 @@ function reporter(name: string, port: number, extra: Record<string, any> = {}) {
     action: {
       type: 'socket-handler' as const,
       socketHandler: (socket: net.Socket, context: any) => {
-        socket.end(`${name} ${socket.remoteAddress} ${socket.remotePort} ${socket.remoteFamily} ${context.clientIp} ${context.clientPort} ${context.proxyProtocol ?? '-'}\n`);
+        socket.end(`${name} ${socket.remoteAddress} ${socket.remotePort} ${socket.remoteFamily} ${context.clientIp} ${context.clientPort} ${context.proxyProtocol?.version ?? '-'}\n`);
       },
     },
     ...(extra.security ? { security: extra.security } : {}),
@@ -94,6 +94,14 @@ tap.test('v2 in: TCP4 with TLVs, TCP6, LOCAL (the balancer\'s own connection)', 
   const tlvs: [number, Buffer][] = [[0x01, Buffer.from('h2')], [0x02, Buffer.from('a.test')], [0x05, Buffer.from([1, 2, 3])], [0xe1, Buffer.from('custom')]];
   let r = await exchange(port, [v2('203.0.113.8:1000', '198.51.100.1:443', { tlvs })]);
   expect(r.text).toEqual('r 203.0.113.8 1000 IPv4 203.0.113.8 1000 v2\n');
+  // The TLVs reach the route context: the meaningful ones decoded, all of them kept.
+  const seen: any[] = [];
+  const p2port = await h.freePort();
+  const p2 = new SmartProxy({ proxyIPs: ['127.0.0.1'], routes: [{ name: 'tlv', match: { ports: p2port }, action: { type: 'socket-handler', socketHandler: (s: net.Socket, c: any) => (seen.push(c.proxyProtocol), s.end()) } }] });
+  await p2.start();
+  await exchange(p2port, [v2('203.0.113.8:1000', '198.51.100.1:443', { tlvs })]);
+  await p2.stop();
+  expect(seen).toEqual([{ version: 'v2', alpn: 'h2', authority: 'a.test', uniqueId: '010203', tlvs: [{ type: 1, value: '6832' }, { type: 2, value: '612e74657374' }, { type: 5, value: '010203' }, { type: 0xe1, value: Buffer.from('custom').toString('hex') }] }]);
   r = await exchange(port, [v2('[2001:db8::9]:2000', '[2001:db8::1]:443')]);
   expect(r.text).toEqual('r 2001:db8::9 2000 IPv6 2001:db8::9 2000 v2\n');
   r = await exchange(port, [v2('203.0.113.8:1000', '198.51.100.1:443', { local: true })]);

@@ -145,8 +145,9 @@ pub struct ConnRecord {
     route: OnceLock<Arc<CompiledRoute>>,
     route_name: OnceLock<Arc<str>>,
     target: OnceLock<(String, u16)>,
-    /// The PROXY protocol header the connection came with (its version), when it did.
-    pub proxied: OnceLock<crate::proxy_protocol::Version>,
+    /// The PROXY protocol header the connection came with, when it did (boxed: only such
+    /// connections pay for it).
+    pub proxied: OnceLock<Box<crate::proxy_protocol::Header>>,
 }
 
 impl ConnRecord {

@@ -46,19 +46,21 @@ pub struct ClientAddr {
     /// The address the client connected to, when a PROXY protocol header named it (else the
     /// socket's local address is).
     pub dst: Option<SocketAddr>,
-    /// The version of the PROXY protocol header the connection came with.
-    pub via: Option<crate::proxy_protocol::Version>,
 }
 
 impl ClientAddr {
     /// The client of a connection accepted from `peer`: the peer itself (IPv4-mapped IPv6
     /// addresses as IPv4), or, when the peer is a trusted load balancer, the client its PROXY
-    /// protocol header names (`LOCAL` / `UNKNOWN`: the peer). `Err`: the header was missing,
-    /// malformed or too slow; the connection is closed.
-    async fn of(stream: &TcpStream, peer: SocketAddr, o: &ProxyOptions) -> Result<Self, Termination> {
-        let mut client = ClientAddr { ip: normalize_ip(peer.ip()), port: peer.port(), dst: None, via: None };
+    /// protocol header names (`LOCAL` / `UNKNOWN`: the peer), with that header. `Err`: the
+    /// header was missing, malformed or too slow; the connection is closed.
+    async fn of(
+        stream: &TcpStream,
+        peer: SocketAddr,
+        o: &ProxyOptions,
+    ) -> Result<(Self, Option<Box<crate::proxy_protocol::Header>>), Termination> {
+        let mut client = ClientAddr { ip: normalize_ip(peer.ip()), port: peer.port(), dst: None };
         if !o.accept_proxy_protocol || !o.proxy_ips.iter().any(|p| p.matches(client.ip)) {
-            return Ok(client);
+            return Ok((client, None));
         }
         let deadline = Instant::now() + o.initial_data_timeout;
         let header = tcp::read_proxy_header(stream, deadline).await.map_err(|e| match e {
@@ -66,20 +68,19 @@ impl ClientAddr {
             tcp::ProxyHeaderError::Closed => Termination::ClientClosedEarly,
             tcp::ProxyHeaderError::Invalid(_) => Termination::ProxyHeaderInvalid,
         })?;
-        client.via = Some(header.version);
         if let crate::proxy_protocol::Source::Tcp { src, dst } = header.source {
             client.ip = normalize_ip(src.ip());
             client.port = src.port();
             client.dst = Some(SocketAddr::new(normalize_ip(dst.ip()), dst.port()));
         }
-        Ok(client)
+        Ok((client, Some(Box::new(header))))
     }
 }
 
 /// Runs one accepted connection to its end.
 pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<EngineContext>) {
     let o = &sh.options;
-    let client = match ClientAddr::of(&stream, peer, o).await {
+    let (client, header) = match ClientAddr::of(&stream, peer, o).await {
         Ok(c) => c,
         Err(reason) => {
             sh.registry.refuse(reason);
@@ -100,8 +101,8 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Engi
     if o.keep_alive {
         guard.rec.keep_alive.store(true, Ordering::Relaxed);
     }
-    if let Some(v) = client.via {
-        let _ = guard.rec.proxied.set(v);
+    if let Some(h) = header {
+        let _ = guard.rec.proxied.set(h);
     }
     let reason = tokio::select! {
         r = serve(stream, port, client, &sh, &mut guard) => r,

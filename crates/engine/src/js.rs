@@ -149,9 +149,9 @@ impl RouteContext<'_> {
         }
         m.insert("clientIp".into(), json!(self.client_ip));
         m.insert("clientPort".into(), json!(self.rec.client_port));
-        if let Some(v) = self.rec.proxied.get() {
+        if let Some(h) = self.rec.proxied.get() {
             // The client is the one a load balancer's PROXY protocol header named.
-            m.insert("proxyProtocol".into(), json!(v.as_str()));
+            m.insert("proxyProtocol".into(), proxy_header_json(h));
         }
         m.insert("serverIp".into(), json!(self.server_ip));
         if let Some(p) = self.path {
@@ -187,6 +187,26 @@ impl RouteContext<'_> {
         m.insert("connectionId".into(), json!(self.rec.id.to_string()));
         Value::Object(m)
     }
+}
+
+/// `IRouteContext.proxyProtocol`: the header's version, its meaningful TLVs decoded
+/// (`alpn`, `authority`; `uniqueId` in hex), and every TLV as `{ type, value }` (hex).
+fn proxy_header_json(h: &crate::proxy_protocol::Header) -> Value {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut m = Map::new();
+    m.insert("version".into(), json!(h.version.as_str()));
+    if let Some(a) = h.alpn() {
+        m.insert("alpn".into(), json!(String::from_utf8_lossy(a)));
+    }
+    if let Some(a) = h.authority() {
+        m.insert("authority".into(), json!(a));
+    }
+    if let Some(u) = h.unique_id() {
+        m.insert("uniqueId".into(), json!(hex(u)));
+    }
+    let tlvs: Vec<Value> = h.tlvs.iter().map(|t| json!({ "type": t.kind, "value": hex(&t.value) })).collect();
+    m.insert("tlvs".into(), Value::Array(tlvs));
+    Value::Object(m)
 }
 
 /// The JavaScript function calls of one running proxy, and how a worker waits for a result.
