@@ -339,6 +339,12 @@ export interface ISmartProxyOptions {
   workerThreads?: number;
   /** smartproxy-native: TLS session resumption for terminated TLS (default true). */
   tlsSessionResumption?: boolean;
+  /** smartproxy-native: ms an HTTP connection may wait for its first request after the TLS handshake (default: initialDataTimeout). */
+  httpFirstRequestTimeout?: number;
+  /** smartproxy-native: ms an HTTP connection may idle between requests, HTTP/1.1 and HTTP/2 (default 60000). */
+  httpKeepAliveTimeout?: number;
+  /** smartproxy-native: ms a request head may take to arrive once started (default 30000). */
+  httpHeadersTimeout?: number;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use crate::matching::CompiledRoute;
 use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -48,12 +48,15 @@ pub enum Termination {
     ProxyHeaderInvalid,
     /// A trusted source sent no complete PROXY protocol header within `initialDataTimeout`.
     ProxyHeaderTimeout,
+    /// An HTTP connection waited too long for its first request (`httpFirstRequestTimeout`) or
+    /// idled too long between requests (`httpKeepAliveTimeout`), or a head took too long.
+    HttpIdleTimeout,
     /// Internal: the connection now belongs to a JavaScript socket handler (not a termination).
     HandedOff,
 }
 
 impl Termination {
-    pub const ALL: [Termination; 25] = [
+    pub const ALL: [Termination; 26] = [
         Termination::ClientClosed,
         Termination::BackendClosed,
         Termination::ClientError,
@@ -78,6 +81,7 @@ impl Termination {
         Termination::HttpRequired,
         Termination::ProxyHeaderInvalid,
         Termination::ProxyHeaderTimeout,
+        Termination::HttpIdleTimeout,
         Termination::HandedOff,
     ];
 
@@ -101,6 +105,7 @@ impl Termination {
             Termination::SessionTicketRejected => "session_ticket_rejected",
             Termination::ProxyHeaderInvalid => "proxy_protocol_invalid",
             Termination::ProxyHeaderTimeout => "proxy_protocol_timeout",
+            Termination::HttpIdleTimeout => "http_idle_timeout",
             Termination::InactivityTimeout => "inactivity_timeout",
             Termination::MaxLifetime => "max_lifetime",
             Termination::Shutdown => "shutdown",
@@ -142,12 +147,38 @@ pub struct ConnRecord {
     last_activity_ms: AtomicU64,
     pub is_tls: AtomicBool,
     pub keep_alive: AtomicBool,
+    /// HTTP requests of this connection being served now (an upgraded one counts until it
+    /// closes): while none is, the HTTP idle timeouts apply.
+    pub http_in_flight: AtomicU32,
+    /// Some HTTP request of this connection was answered (the keep-alive timeout applies
+    /// between requests; before the first, the first-request timeout).
+    pub http_served: AtomicBool,
     route: OnceLock<Arc<CompiledRoute>>,
     route_name: OnceLock<Arc<str>>,
     target: OnceLock<(String, u16)>,
     /// The PROXY protocol header the connection came with, when it did (boxed: only such
     /// connections pay for it).
     pub proxied: OnceLock<Box<crate::proxy_protocol::Header>>,
+}
+
+/// Marks one HTTP request of a connection as being served until dropped (held until its
+/// response body is sent).
+pub struct InFlight(Arc<ConnRecord>);
+
+impl InFlight {
+    pub fn new(rec: &Arc<ConnRecord>) -> Self {
+        rec.http_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(rec.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.http_served.store(true, Ordering::Relaxed);
+        self.0.http_in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Idle from now on: the keep-alive timeout counts from the end of the answer.
+        self.0.touch();
+    }
 }
 
 impl ConnRecord {
@@ -268,6 +299,8 @@ impl Registry {
             last_activity_ms: AtomicU64::new(0),
             is_tls: AtomicBool::new(false),
             keep_alive: AtomicBool::new(false),
+            http_in_flight: AtomicU32::new(0),
+            http_served: AtomicBool::new(false),
             route: OnceLock::new(),
             route_name: OnceLock::new(),
             target: OnceLock::new(),

@@ -43,9 +43,6 @@ const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 pub struct ClientAddr {
     pub ip: IpAddr,
     pub port: u16,
-    /// The address the client connected to, when a PROXY protocol header named it (else the
-    /// socket's local address is).
-    pub dst: Option<SocketAddr>,
 }
 
 impl ClientAddr {
@@ -58,21 +55,23 @@ impl ClientAddr {
         peer: SocketAddr,
         o: &ProxyOptions,
     ) -> Result<(Self, Option<Box<crate::proxy_protocol::Header>>), Termination> {
-        let mut client = ClientAddr { ip: normalize_ip(peer.ip()), port: peer.port(), dst: None };
+        let client = ClientAddr { ip: normalize_ip(peer.ip()), port: peer.port() };
         if !o.accept_proxy_protocol || !o.proxy_ips.iter().any(|p| p.matches(client.ip)) {
             return Ok((client, None));
         }
+        // Boxed: only connections from balancers hold the header's reading state.
         let deadline = Instant::now() + o.initial_data_timeout;
-        let header = tcp::read_proxy_header(stream, deadline).await.map_err(|e| match e {
+        let header = Box::pin(tcp::read_proxy_header(stream, deadline)).await.map_err(|e| match e {
             tcp::ProxyHeaderError::Timeout => Termination::ProxyHeaderTimeout,
             tcp::ProxyHeaderError::Closed => Termination::ClientClosedEarly,
             tcp::ProxyHeaderError::Invalid(_) => Termination::ProxyHeaderInvalid,
         })?;
-        if let crate::proxy_protocol::Source::Tcp { src, dst } = header.source {
-            client.ip = normalize_ip(src.ip());
-            client.port = src.port();
-            client.dst = Some(SocketAddr::new(normalize_ip(dst.ip()), dst.port()));
-        }
+        let client = match header.source {
+            crate::proxy_protocol::Source::Tcp { src, .. } => {
+                ClientAddr { ip: normalize_ip(src.ip()), port: src.port() }
+            }
+            crate::proxy_protocol::Source::Local => client,
+        };
         Ok((client, Some(Box::new(header))))
     }
 }
@@ -105,7 +104,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Engi
         let _ = guard.rec.proxied.set(h);
     }
     let reason = tokio::select! {
-        r = serve(stream, port, client, &sh, &mut guard) => r,
+        r = serve(stream, port, ip, &sh, &mut guard) => r,
         _ = sh.shutdown.cancelled() => Termination::Shutdown,
     };
     if reason == Termination::HandedOff {
@@ -153,12 +152,11 @@ enum Plan {
 async fn serve(
     stream: TcpStream,
     port: u16,
-    client: ClientAddr,
+    ip: IpAddr,
     sh: &Arc<EngineContext>,
     guard: &mut ConnGuard,
 ) -> Termination {
     let o = &sh.options;
-    let ip = client.ip;
     // Boxed: detection and matching state is transient and must not size every connection's
     // long-lived future (idle connections should cost a few hundred bytes of task state).
     let plan = match Box::pin(plan(&stream, port, ip, sh, guard)).await {
@@ -169,16 +167,19 @@ async fn serve(
     let (idle, lifetime) = effective_timeouts(o, keep_alive, guard.rec.id);
     let target = match plan {
         Plan::Tls { cfg, sni, version } => {
-            let cx = http_conn(sh, port, ip, local_ip(&stream), dst(&stream, &client), true, sni, version, &guard.rec);
+            let cx =
+                http_conn(sh, port, ip, local_ip(&stream), dst(&stream, &guard.rec), true, sni, version, &guard.rec);
             return Box::pin(with_lifetime(
-                serve_tls(stream, cfg, cx, idle, o.initial_data_timeout),
+                // The first bytes and the handshake share one `initialDataTimeout`, from accept.
+                serve_tls(stream, cfg, cx, idle, Instant::from_std(guard.rec.started) + o.initial_data_timeout),
                 &guard.rec,
                 lifetime,
             ))
             .await;
         }
         Plan::Http => {
-            let cx = http_conn(sh, port, ip, local_ip(&stream), dst(&stream, &client), false, None, None, &guard.rec);
+            let cx =
+                http_conn(sh, port, ip, local_ip(&stream), dst(&stream, &guard.rec), false, None, None, &guard.rec);
             return Box::pin(with_lifetime(crate::http::serve(stream, cx, idle), &guard.rec, lifetime)).await;
         }
         Plan::Socket { handler, context } => return hand_over(stream, handler, context, sh, &guard.rec),
@@ -195,8 +196,8 @@ async fn serve(
     };
     if let Some(version) = target.send_proxy.unwrap_or(o.send_proxy_protocol) {
         // Before any other byte: whom the connection is from, and where it was going.
-        let src = SocketAddr::new(ip, client.port);
-        let mut out = crate::proxy_protocol::encode(version, src, dst(&stream, &client));
+        let src = SocketAddr::new(ip, guard.rec.client_port);
+        let mut out = crate::proxy_protocol::encode(version, src, dst(&stream, &guard.rec));
         // The client's first bytes, when already queued, go in the same segment (one send and
         // one loopback or wire traversal instead of two); a server-first protocol waits for
         // nothing, as nothing is held back.
@@ -240,7 +241,7 @@ async fn plan(
         Early::Route(i) => Some(i),
         Early::NoMatch => None,
         Early::NeedData => {
-            let deadline = Instant::now() + o.initial_data_timeout;
+            let deadline = Instant::from_std(guard.rec.started) + o.initial_data_timeout;
             initial = match peek_initial(client, deadline).await {
                 Ok(i) => i,
                 Err(PeekError::Timeout) => return Err(Termination::InitialDataTimeout),
@@ -423,11 +424,12 @@ async fn serve_tls(
     cfg: Arc<rustls::ServerConfig>,
     cx: Arc<crate::http::HttpConn>,
     idle: Option<Duration>,
-    handshake_timeout: Duration,
+    handshake_deadline: Instant,
 ) -> Termination {
     // Boxed: the handshake state (the TLS stream in the making) must not stay in the
     // connection's future once the handshake is done.
-    let accept = Box::pin(tokio::time::timeout(handshake_timeout, tokio_rustls::TlsAcceptor::from(cfg).accept(stream)));
+    let accept =
+        Box::pin(tokio::time::timeout_at(handshake_deadline, tokio_rustls::TlsAcceptor::from(cfg).accept(stream)));
     // The stream leaves the handshake's result before the await below (a match scrutinee would
     // keep the whole result, stream included, in this future).
     let tls = match accept.await {
@@ -466,13 +468,15 @@ fn connection_context(
     .to_json()
 }
 
-/// The address the client connected to: a PROXY protocol header's, else this socket's.
-fn dst(s: &TcpStream, client: &ClientAddr) -> SocketAddr {
-    client.dst.unwrap_or_else(|| {
-        s.local_addr()
-            .map(|a| SocketAddr::new(normalize_ip(a.ip()), a.port()))
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-    })
+/// The address the client connected to: the one its PROXY protocol header named, else this
+/// socket's.
+fn dst(s: &TcpStream, rec: &ConnRecord) -> SocketAddr {
+    if let Some(crate::proxy_protocol::Source::Tcp { dst, .. }) = rec.proxied.get().map(|h| h.source) {
+        return SocketAddr::new(normalize_ip(dst.ip()), dst.port());
+    }
+    s.local_addr()
+        .map(|a| SocketAddr::new(normalize_ip(a.ip()), a.port()))
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 fn local_ip(s: &TcpStream) -> String {

@@ -85,6 +85,14 @@ pub struct ProxyOptions {
     pub accept_proxy_protocol: bool,
     /// `sendProxyProtocol`: the header backends get unless a route or target says otherwise.
     pub send_proxy_protocol: SendProxy,
+    /// `httpFirstRequestTimeout`: how long an HTTP connection may wait for its first request
+    /// (after the TLS handshake); `None`: `initialDataTimeout`.
+    pub http_first_request_timeout: Option<Duration>,
+    /// `httpKeepAliveTimeout`: how long an HTTP connection may idle between requests (HTTP/1.1
+    /// keep-alive, HTTP/2 without open streams). Default 60 s.
+    pub http_keep_alive_timeout: Duration,
+    /// `httpHeadersTimeout`: how long a request head may take to arrive once it started. Default 30 s.
+    pub http_headers_timeout: Duration,
 }
 
 impl Default for ProxyOptions {
@@ -122,6 +130,9 @@ impl Default for ProxyOptions {
             proxy_ips: Vec::new(),
             accept_proxy_protocol: false,
             send_proxy_protocol: None,
+            http_first_request_timeout: None,
+            http_keep_alive_timeout: Duration::from_millis(60_000),
+            http_headers_timeout: Duration::from_millis(30_000),
         }
     }
 }
@@ -169,6 +180,8 @@ engine_options! {
     "enableDetailedLogging" => enable_detailed_logging: Flag,
     "enableHalfOpen" => enable_half_open: Flag,
     "tlsSessionResumption" => tls_session_resumption: Flag,
+    "httpKeepAliveTimeout" => http_keep_alive_timeout: Ms,
+    "httpHeadersTimeout" => http_headers_timeout: Ms,
 }
 
 /// How each kind of option is read from JSON and shown as a default.
@@ -252,6 +265,11 @@ mod kind {
 }
 
 impl ProxyOptions {
+    /// How long an HTTP connection may wait for its first request.
+    pub fn http_first_request_timeout(&self) -> Duration {
+        self.http_first_request_timeout.unwrap_or(self.initial_data_timeout)
+    }
+
     /// The defaults as the JSON object the facade merges into `settings` (one source of truth:
     /// the values come from `Default`, the names from the option table).
     pub fn defaults_json() -> Value {
@@ -319,6 +337,7 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
         }
         o.accept_proxy_protocol = accept.unwrap_or(!o.proxy_ips.is_empty());
         o.send_proxy_protocol = opt(at, "sendProxyProtocol", read_send_proxy)?.flatten();
+        o.http_first_request_timeout = opt(at, "httpFirstRequestTimeout", ms)?;
         if let Some(f) = at.get("certProvisionFunction").filter(|v| !v.is_null()) {
             let Some(id) = f.get("$fn").and_then(Value::as_u64) else {
                 return Err(ConfigError::Invalid("certProvisionFunction: expected a function".into()));

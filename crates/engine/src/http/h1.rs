@@ -21,7 +21,7 @@ use super::error::HttpError;
 use super::headers;
 use super::plan::{self, Answer, Outcome, RequestFacts, Routed};
 use super::wire::{bufs, push_header, tokens, Framing, BUF, MAX_HEAD, MAX_HEADERS};
-use super::{Counted, HttpConn, HEADER_READ_TIMEOUT};
+use super::{Counted, HttpConn};
 use crate::conn::{ConnRecord, Termination};
 use crate::matching::{HttpView, SelectedTarget};
 use crate::upstream::http1::{backend, first_bytes, parse_response, read_head, send_whole, Kept, RespHead};
@@ -226,7 +226,10 @@ fn serve_h1<IO: ClientIo>(mut c: Client<IO>, cx: Arc<HttpConn>) -> impl Future<O
                 }
             }
             // Boxed: the state of one exchange must not size the idle connection's future.
-            match Box::pin(exchange(&mut c, &mut kept, &cx)).await {
+            let serving = crate::conn::InFlight::new(&cx.rec);
+            let step = Box::pin(exchange(&mut c, &mut kept, &cx)).await;
+            drop(serving);
+            match step {
                 Step::Next => {}
                 Step::End(t) => break t,
                 Step::Hyper => {
@@ -265,7 +268,8 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
                     let _ = c.reply_error(HttpError::HeadTooLarge, true).await;
                     return Step::End(Termination::ClientError);
                 }
-                let deadline = *head_deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+                let deadline = *head_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + cx.sh.options.http_headers_timeout);
                 match tokio::time::timeout_at(deadline, c.read_more()).await {
                     Ok(Ok(0)) => return Step::End(Termination::ClientClosed),
                     Ok(Ok(_)) => {}

@@ -86,6 +86,7 @@ where
 
 /// One request and its response.
 async fn stream(req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>, cx: Arc<HttpConn>) {
+    let _serving = crate::conn::InFlight::new(&cx.rec);
     let req = req.map(RequestBody);
     let answer = handle_inner(req, &cx, None);
     let mut answer = std::pin::pin!(answer);

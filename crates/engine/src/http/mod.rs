@@ -52,9 +52,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// How long a client may take to send a request head (slowloris bound).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Per-connection facts every request of the connection shares.
 pub struct HttpConn {
     pub sh: Arc<EngineContext>,
@@ -110,25 +107,44 @@ pub fn serve<IO: h1::ClientIo>(
     idle: Option<Duration>,
 ) -> impl std::future::Future<Output = Termination> + Send {
     let rec = cx.rec.clone();
+    let o = &cx.sh.options;
+    let (first, keep_alive) = (o.http_first_request_timeout(), o.http_keep_alive_timeout);
     // Boxed once per connection: pinning it inside the async fn below would copy it.
-    serve_until_idle(Box::pin(h1::run(io, cx)), rec, idle)
+    serve_until_idle(Box::pin(h1::run(io, cx)), rec, idle, first, keep_alive)
 }
 
+/// Runs the connection under its idle limits: the connection's inactivity timeout (`idle`)
+/// always, and, while no request is being served, the first-request timeout (before the first
+/// one) or the keep-alive timeout (between requests). One lazily re-armed timer: it checks the
+/// connection's last activity when it fires, and sleeps at most one keep-alive period, so a
+/// connection that goes idle is closed at most twice that late.
 async fn serve_until_idle<F: std::future::Future<Output = Termination>>(
     mut conn: Pin<Box<F>>,
     rec: Arc<ConnRecord>,
     idle: Option<Duration>,
+    first: Duration,
+    keep_alive: Duration,
 ) -> Termination {
-    let mut idle_at = idle.map(|d| tokio::time::Instant::now() + d);
+    // The state can change while the timer sleeps (a first request answered, a request ending),
+    // so it never sleeps longer than the keep-alive timeout.
+    let mut at = tokio::time::Instant::now() + idle.map_or(first, |d| d.min(first)).min(keep_alive);
     loop {
         tokio::select! {
             t = conn.as_mut() => return t,
-            _ = crate::timer::sleep_until_opt(idle_at) => {
-                let d = idle.unwrap_or_default();
-                match crate::timer::idle_deadline(&rec, d, tokio::time::Instant::now()) {
-                    Some(next) => idle_at = Some(next),
-                    None => return Termination::InactivityTimeout,
+            _ = tokio::time::sleep_until(at) => {
+                let now = tokio::time::Instant::now();
+                let last = tokio::time::Instant::from_std(rec.last_activity());
+                if idle.is_some_and(|d| last + d <= now) {
+                    return Termination::InactivityTimeout;
                 }
+                let serving = rec.http_in_flight.load(Ordering::Relaxed) > 0;
+                let between = if rec.http_served.load(Ordering::Relaxed) { keep_alive } else { first };
+                if !serving && last + between <= now {
+                    return Termination::HttpIdleTimeout;
+                }
+                let next_idle = idle.map(|d| last + d);
+                let next_between = if serving { now + keep_alive } else { last + between };
+                at = next_idle.map_or(next_between, |i| i.min(next_between)).min(now + keep_alive);
             }
         }
     }
@@ -142,11 +158,13 @@ where
     let svc_cx = cx.clone();
     let svc = hyper::service::service_fn(move |req| handle(req, svc_cx.clone()));
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    b.http1().timer(TokioTimer::new()).header_read_timeout(cx.sh.options.http_headers_timeout).keep_alive(true);
     b.http2().timer(TokioTimer::new());
     let served = b.serve_connection_with_upgrades(TokioIo::new(io), svc).await;
     if let Some(relay) = cx.take_upgraded() {
-        // The server gave the connection up for an upgrade: it lives on as the relay.
+        // The server gave the connection up for an upgrade: it lives on as the relay (a request
+        // in flight until it closes: the HTTP idle timeouts do not apply to it).
+        let _serving = crate::conn::InFlight::new(&cx.rec);
         return relay.await;
     }
     match served {
@@ -199,8 +217,36 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 async fn handle(mut req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
+    let serving = crate::conn::InFlight::new(&cx.rec);
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    Ok(handle_inner(req, &cx, upgrade).await.unwrap_or_else(error_response))
+    let resp = handle_inner(req, &cx, upgrade).await.unwrap_or_else(error_response);
+    Ok(resp.map(|body| Serving { body, _serving: serving }.boxed()))
+}
+
+/// A response body that keeps its request counted as in flight until it is sent.
+struct Serving {
+    body: ProxyBody,
+    _serving: crate::conn::InFlight,
+}
+
+impl hyper::body::Body for Serving {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// One request from either server (hyper's, or the HTTP/2 front end): the [`plan`] decides,
