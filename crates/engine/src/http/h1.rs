@@ -159,7 +159,34 @@ impl<IO: ClientIo> Client<IO> {
     async fn reply_error(&mut self, e: HttpError, close: bool) -> io::Result<()> {
         self.reply(e.into(), close).await
     }
+
+    /// A lingering close after an answer that ends the connection (nginx's `lingering_close`):
+    /// the sending side is closed (over TLS with a close_notify), then whatever the client is
+    /// still sending is read and dropped, for at most [`LINGER_TIME`] and [`LINGER_BYTES`], so
+    /// that unread bytes do not make the kernel answer with a reset that destroys the answer
+    /// before the client has read it.
+    async fn linger(&mut self) {
+        let drain = async {
+            if self.io.shutdown().await.is_err() {
+                return;
+            }
+            let mut scratch = vec![0u8; 16 * 1024];
+            let mut left = LINGER_BYTES;
+            while left > 0 {
+                match self.io.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    }
 }
+
+/// How long a lingering close reads what the client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// How much a lingering close reads at most.
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// A request ready to go to its backend.
 struct Forward {
@@ -265,7 +292,9 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
         match prepare(&c.buf, cx) {
             Parsed::Partial => {
                 if c.buf.len() >= MAX_HEAD {
-                    let _ = c.reply_error(HttpError::HeadTooLarge, true).await;
+                    if c.reply_error(HttpError::HeadTooLarge, true).await.is_ok() {
+                        c.linger().await;
+                    }
                     return Step::End(Termination::ClientError);
                 }
                 let deadline = *head_deadline
@@ -279,7 +308,11 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
             Parsed::Hyper => return Step::Hyper,
             Parsed::Reply { len, answer, close, malformed } => {
                 c.buf.drain(..len.min(c.buf.len()));
-                if c.reply(*answer, close).await.is_err() || close {
+                let sent = c.reply(*answer, close).await.is_ok();
+                if sent && close {
+                    c.linger().await;
+                }
+                if !sent || close {
                     return Step::End(if malformed { Termination::ClientError } else { Termination::ClientClosed });
                 }
                 return Step::Next;
@@ -291,7 +324,9 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
     c.buf.drain(..head_len);
     // The body bytes that came with the head go out with it.
     let Ok(k) = body.take(&c.buf) else {
-        let _ = c.reply_error(HttpError::BadRequest, true).await;
+        if c.reply_error(HttpError::BadRequest, true).await.is_ok() {
+            c.linger().await;
+        }
         return Step::End(Termination::ClientError);
     };
     out.extend_from_slice(&c.buf[..k]);
@@ -330,7 +365,9 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
             Err(BodyError::Early) => early = true,
             Err(BodyError::Client) => return Step::End(Termination::ClientError),
             Err(BodyError::Framing) => {
-                let _ = c.reply_error(HttpError::BadRequest, true).await;
+                if c.reply_error(HttpError::BadRequest, true).await.is_ok() {
+                    c.linger().await;
+                }
                 return Step::End(Termination::ClientError);
             }
             Err(BodyError::Backend) => return refuse(c, HttpError::BackendBroken, false).await,
@@ -436,6 +473,7 @@ async fn refuse<IO: ClientIo>(c: &mut Client<IO>, e: HttpError, keep: bool) -> S
     if keep {
         Step::Next
     } else {
+        c.linger().await;
         Step::End(e.termination())
     }
 }
