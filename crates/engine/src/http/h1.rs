@@ -183,6 +183,16 @@ impl<IO: ClientIo> Client<IO> {
     }
 }
 
+/// Whether the bytes from `from` on complete a request head (an empty line, `\r\n` or bare
+/// `\n` endings, as httparse accepts), looking back far enough to catch one split across reads.
+fn head_ends_after(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(3);
+    buf[start..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\r\n" && start + i >= 1 && buf[start + i - 1] == b'\n'))
+}
+
 /// How long a lingering close reads what the client still sends.
 const LINGER_TIME: Duration = Duration::from_secs(2);
 /// How much a lingering close reads at most.
@@ -299,10 +309,18 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
                 }
                 let deadline = *head_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + cx.sh.options.http_headers_timeout);
-                match tokio::time::timeout_at(deadline, c.read_more()).await {
-                    Ok(Ok(0)) => return Step::End(Termination::ClientClosed),
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) | Err(_) => return Step::End(Termination::ClientError),
+                // Read until the new bytes end the head (or reach the limit): a head that arrives
+                // in many pieces is parsed once it is whole, not again on every piece.
+                loop {
+                    let scanned = c.buf.len();
+                    match tokio::time::timeout_at(deadline, c.read_more()).await {
+                        Ok(Ok(0)) => return Step::End(Termination::ClientClosed),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) | Err(_) => return Step::End(Termination::ClientError),
+                    }
+                    if head_ends_after(&c.buf, scanned) || c.buf.len() >= MAX_HEAD {
+                        break;
+                    }
                 }
             }
             Parsed::Hyper => return Step::Hyper,
@@ -783,6 +801,30 @@ fn itoa3(code: u16) -> [u8; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The end of a head is found in the new bytes, also when split across reads, for every
+    /// split point, and not before it is there.
+    #[test]
+    fn head_end_found_in_new_bytes_only() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+        ] {
+            for split in 0..head.len() {
+                let mut found_at = None;
+                for end in split + 1..=head.len() {
+                    if head_ends_after(&head[..end], end - 1) {
+                        found_at = Some(end);
+                        break;
+                    }
+                }
+                let first = if head_ends_after(&head[..split], 0) { Some(split) } else { found_at };
+                assert_eq!(first, Some(head.len()), "{head:?} split at {split}");
+            }
+        }
+        assert!(!head_ends_after(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+    }
 
     #[test]
     fn status_line_without_reason() {

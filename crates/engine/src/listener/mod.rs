@@ -40,11 +40,15 @@ pub fn bind(port: u16, opts: crate::tcp::SocketOptions) -> io::Result<TcpListene
 
 /// Accepts on `listener` until `stop` fires; each connection is handled on its own task.
 pub async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<EngineContext>, stop: CancellationToken) {
+    let mut starved = Starved::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
+                    if let Some(ended) = starved.ended() {
+                        shared.log_warn(format!("accept on port {port} works again ({ended})"));
+                    }
                     let sh = shared.clone();
                     shared.tracker.spawn(crate::dispatch::handle(stream, peer, port, sh));
                 }
@@ -53,7 +57,9 @@ pub async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<EngineCon
                     // (a client that reset while queued) concern one connection only.
                     // ENOMEM 12, ENFILE 23, EMFILE 24, ENOBUFS 105.
                     if matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105)) {
-                        shared.log_warn(format!("accept on port {port} failed: {e}; retrying in 100 ms"));
+                        if starved.failed() {
+                            shared.log_warn(format!("accept on port {port} failed: {e}; retrying every 100 ms"));
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -62,10 +68,46 @@ pub async fn accept_loop(listener: TcpListener, port: u16, shared: Arc<EngineCon
     }
 }
 
+/// An episode of failing accepts (out of descriptors or memory): logged once when it starts,
+/// and once when it ends, with how long it lasted and how many attempts failed.
+#[derive(Default)]
+struct Starved {
+    since: Option<std::time::Instant>,
+    failures: u64,
+}
+
+impl Starved {
+    /// Counts a failed accept; true for the first of an episode.
+    fn failed(&mut self) -> bool {
+        self.failures += 1;
+        self.since.get_or_insert_with(std::time::Instant::now);
+        self.failures == 1
+    }
+
+    /// After a successful accept: the summary of the episode that just ended, if one did.
+    fn ended(&mut self) -> Option<String> {
+        let since = self.since.take()?;
+        let failures = std::mem::take(&mut self.failures);
+        Some(format!("{failures} failed attempts over {} ms", since.elapsed().as_millis()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::ProxyOptions;
+
+    #[test]
+    fn starvation_is_reported_once_per_episode() {
+        let mut s = Starved::default();
+        assert_eq!(s.ended(), None);
+        assert!(s.failed());
+        assert!(!s.failed());
+        assert!(!s.failed());
+        assert!(s.ended().is_some_and(|m| m.starts_with("3 failed attempts")));
+        assert_eq!(s.ended(), None);
+        assert!(s.failed(), "a new episode is reported again");
+    }
     use crate::snapshot::Snapshot;
     use arc_swap::ArcSwap;
 
