@@ -192,28 +192,35 @@ impl DiskStore {
     pub fn try_lock(&self, route: &str) -> io::Result<bool> {
         let path = self.lock_path(route);
         fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
-        for _ in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path) {
-                Ok(mut f) => {
-                    let _ = writeln!(f, "{}", lock_holder(std::process::id()));
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let age = fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| SystemTime::now().duration_since(t).ok());
-                    let dead = fs::read_to_string(&path).is_ok_and(|h| holder_is_dead(h.trim()));
-                    if age.is_some_and(|a| a < LOCK_STALE) && !dead {
-                        return Ok(false);
+        // The lock appears whole, naming its holder, or not at all: written to a file of this
+        // process, then linked into place (which fails if the lock exists). A holder killed
+        // between creating and writing it would otherwise leave an anonymous lock for
+        // LOCK_STALE.
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        write_synced(&tmp, format!("{}\n", lock_holder(std::process::id())).as_bytes(), 0o644)?;
+        let r = (|| {
+            for _ in 0..2 {
+                match fs::hard_link(&tmp, &path) {
+                    Ok(()) => return Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let age = fs::metadata(&path)
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| SystemTime::now().duration_since(t).ok());
+                        let dead = fs::read_to_string(&path).is_ok_and(|h| holder_is_dead(h.trim()));
+                        if age.is_some_and(|a| a < LOCK_STALE) && !dead {
+                            return Ok(false);
+                        }
+                        // Stale, its holder gone, or vanished meanwhile: take it over.
+                        let _ = fs::remove_file(&path);
                     }
-                    // Stale, its holder gone, or vanished meanwhile: take it over.
-                    let _ = fs::remove_file(&path);
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
-        }
-        Ok(false)
+            Ok(false)
+        })();
+        let _ = fs::remove_file(&tmp);
+        r
     }
 
     /// Marks a held lock as alive.

@@ -11,6 +11,8 @@
 //! Settings are hyper's server defaults: 1 MiB stream and connection windows, 16 KiB frames, 200
 //! concurrent streams, 16 KiB header lists, 400 KiB send buffer per stream, at most 1024 streams
 //! reset for local errors. Responses without a `date` header get one (hyper did the same).
+//! A stream that arrives already reset does no backend work; a client that resets too many of
+//! its streams ([`RESET_MIN`], [`RESET_SHARE_PERCENT`]) gets GOAWAY `ENHANCE_YOUR_CALM`.
 
 use super::{error_response, handle_inner, headers, BoxError, Counted, HttpConn, ProxyBody};
 use crate::conn::Termination;
@@ -20,6 +22,7 @@ use http::{header, Request, Response};
 use hyper::body::{Body, Frame};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -30,6 +33,29 @@ const MAX_STREAMS: u32 = 200;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_LOCAL_RESETS: usize = 1024;
+/// Rapid-reset budget: once a connection's client has reset at least this many streams...
+const RESET_MIN: u32 = 100;
+/// ...and at least this share (in percent) of all its streams, it gets GOAWAY
+/// `ENHANCE_YOUR_CALM` (Envoy's premature-reset rule).
+const RESET_SHARE_PERCENT: u32 = 50;
+
+/// Streams of one connection and how many of them its client reset.
+#[derive(Default)]
+struct ResetBudget {
+    streams: AtomicU32,
+    resets: AtomicU32,
+}
+
+impl ResetBudget {
+    fn reset(&self) {
+        self.resets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn exceeded(&self) -> bool {
+        let (r, s) = (self.resets.load(Ordering::Relaxed), self.streams.load(Ordering::Relaxed));
+        r >= RESET_MIN && u64::from(r) * 100 >= u64::from(s) * u64::from(RESET_SHARE_PERCENT)
+    }
+}
 
 /// Serves one HTTP/2 client connection until it closes.
 ///
@@ -58,13 +84,20 @@ where
         // Streams are polled with the connection until it closes.
         let mut streams: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> = FuturesUnordered::new();
         let mut accepting = true;
+        let budget = Arc::new(ResetBudget::default());
         poll_fn(|tcx| loop {
             // Streams first: what they send is queued before the connection writes.
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(tcx) {}
+            if accepting && budget.exceeded() {
+                // Rapid reset: no new streams; the ones in flight may finish.
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                accepting = false;
+            }
             if accepting {
                 match conn.poll_accept(tcx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
-                        streams.push(Box::pin(stream(req, respond, cx.clone())));
+                        budget.streams.fetch_add(1, Ordering::Relaxed);
+                        streams.push(Box::pin(stream(req, respond, cx.clone(), budget.clone())));
                         continue; // polls the new stream, then accepts again
                     }
                     Poll::Ready(Some(Err(_))) => return Poll::Ready(Termination::ClientError),
@@ -85,7 +118,17 @@ where
 }
 
 /// One request and its response.
-async fn stream(req: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>, cx: Arc<HttpConn>) {
+async fn stream(
+    req: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    cx: Arc<HttpConn>,
+    budget: Arc<ResetBudget>,
+) {
+    // A stream that arrived already reset does no backend work.
+    if poll_fn(|tcx| Poll::Ready(respond.poll_reset(tcx).is_ready())).await {
+        budget.reset();
+        return;
+    }
     let _serving = crate::conn::InFlight::new(&cx.rec);
     let req = req.map(RequestBody);
     let answer = handle_inner(req, &cx, None);
@@ -101,7 +144,10 @@ async fn stream(req: Request<h2::RecvStream>, mut respond: h2::server::SendRespo
         }
     })
     .await;
-    let Some(resp) = resp else { return };
+    let Some(resp) = resp else {
+        budget.reset();
+        return;
+    };
     let (mut head, body) = resp.unwrap_or_else(error_response).into_parts();
     // HTTP/1.1 backends and route header templates may still name connection-specific fields.
     headers::strip_connection_specific(&mut head.headers);
