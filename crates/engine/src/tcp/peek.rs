@@ -108,10 +108,19 @@ pub async fn read_proxy_header(
     // Balancers send the header with or right after the handshake: it is usually queued by the
     // time the connection is accepted, so look before waiting for readiness (a reactor turn).
     let mut early = None;
-    if let Ok(n) = peeker.peek(&mut buf) {
-        have = n;
-        if let Parsed::Header(h) = parse(&buf[..n]) {
-            early = Some(h);
+    for attempt in 0..2 {
+        match peeker.peek(&mut buf) {
+            Ok(n) => {
+                have = n;
+                if let Parsed::Header(h) = parse(&buf[..n]) {
+                    early = Some(h);
+                }
+                break;
+            }
+            // Not there yet: it usually follows the handshake within microseconds; one turn
+            // of the scheduler is cheaper than registering for readiness and being woken.
+            Err(_) if attempt == 0 => tokio::task::yield_now().await,
+            Err(_) => {}
         }
     }
     let header = loop {
