@@ -112,8 +112,11 @@ pub async fn read_proxy_header(
         match peeker.peek(&mut buf) {
             Ok(n) => {
                 have = n;
-                if let Parsed::Header(h) = parse(&buf[..n]) {
-                    early = Some(h);
+                match parse(&buf[..n]) {
+                    Parsed::Header(h) => early = Some(h),
+                    Parsed::Invalid(why) => return Err(ProxyHeaderError::Invalid(why)),
+                    // More to come: the loop below waits for it (and knows `have`).
+                    Parsed::Incomplete => {}
                 }
                 break;
             }
