@@ -46,33 +46,13 @@ pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initi
     let mut buf = vec![0u8; FIRST_PEEK];
     let mut have = 0usize;
     loop {
-        let ready = tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
-            .await
-            .map_err(|_| PeekError::Timeout)?
-            .map_err(|_| PeekError::Closed)?;
-        let peeked = stream.try_io(Interest::READABLE, || {
-            let n = peeker.peek(&mut buf)?;
-            if n == have && n > 0 && n < buf.len() {
-                // Nothing new yet: let readiness be cleared and wait for the next edge.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        });
-        let n = match peeked {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if ready.is_read_closed() {
-                    // FIN after a partial message: no more bytes will come.
-                    return finish_partial(&buf[..have]);
-                }
-                continue;
-            }
-            Err(_) => return Err(PeekError::Closed),
+        have = match peek_more(stream, |b| peeker.peek(b), &mut buf, have, deadline).await {
+            More::Bytes(n) => n,
+            More::Timeout => return Err(PeekError::Timeout),
+            More::Closed => return Err(PeekError::Closed),
+            // FIN after a partial message: no more bytes will come.
+            More::Finished => return finish_partial(&buf[..have]),
         };
-        if n == 0 {
-            return Err(PeekError::Closed);
-        }
-        have = n;
         match classify(&buf[..have]) {
             Some(result) => return result,
             None if have == buf.len() => {
@@ -82,6 +62,53 @@ pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initi
                 buf.resize((buf.len() * 2).min(MAX_PEEK), 0);
             }
             None => {}
+        }
+    }
+}
+
+/// What waiting for more of a connection's first bytes gave.
+enum More {
+    /// This many bytes are queued now: more than before, or a full buffer.
+    Bytes(usize),
+    Timeout,
+    /// The client closed or reset before sending anything, or the peek failed.
+    Closed,
+    /// FIN after the bytes already seen: no more will come.
+    Finished,
+}
+
+/// Waits until `deadline` for bytes beyond the `have` already seen and peeks them into `buf`
+/// (the peek inside `try_io`, see the module header).
+async fn peek_more(
+    stream: &TcpStream,
+    peek: impl Fn(&mut [u8]) -> io::Result<usize>,
+    buf: &mut [u8],
+    have: usize,
+    deadline: Instant,
+) -> More {
+    loop {
+        let ready = match tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE)).await {
+            Err(_) => return More::Timeout,
+            Ok(Err(_)) => return More::Closed,
+            Ok(Ok(r)) => r,
+        };
+        let peeked = stream.try_io(Interest::READABLE, || {
+            let n = peek(&mut *buf)?;
+            if n == have && n > 0 && n < buf.len() {
+                // Nothing new yet: let readiness be cleared and wait for the next edge.
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match peeked {
+            Ok(0) => return More::Closed,
+            Ok(n) => return More::Bytes(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if ready.is_read_closed() {
+                    return More::Finished;
+                }
+            }
+            Err(_) => return More::Closed,
         }
     }
 }
@@ -107,17 +134,10 @@ pub async fn read_proxy_header(
     let mut have = 0usize;
     // Balancers send the header with or right after the handshake: it is usually queued by the
     // time the connection is accepted, so look before waiting for readiness (a reactor turn).
-    let mut early = None;
     for attempt in 0..2 {
         match peeker.peek(&mut buf) {
             Ok(n) => {
                 have = n;
-                match parse(&buf[..n]) {
-                    Parsed::Header(h) => early = Some(h),
-                    Parsed::Invalid(why) => return Err(ProxyHeaderError::Invalid(why)),
-                    // More to come: the loop below waits for it (and knows `have`).
-                    Parsed::Incomplete => {}
-                }
                 break;
             }
             // Not there yet: it usually follows the handshake within microseconds; one turn
@@ -127,38 +147,17 @@ pub async fn read_proxy_header(
         }
     }
     let header = loop {
-        if let Some(h) = early.take() {
-            break h;
-        }
-        let ready = tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
-            .await
-            .map_err(|_| ProxyHeaderError::Timeout)?
-            .map_err(|_| ProxyHeaderError::Closed)?;
-        let peeked = stream.try_io(Interest::READABLE, || {
-            let n = peeker.peek(&mut buf)?;
-            if n == have && n > 0 && n < buf.len() {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        });
-        let n = match peeked {
-            Ok(0) => return Err(ProxyHeaderError::Closed),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if ready.is_read_closed() {
-                    return Err(ProxyHeaderError::Closed);
-                }
-                continue;
-            }
-            Err(_) => return Err(ProxyHeaderError::Closed),
-        };
-        have = n;
         match parse(&buf[..have]) {
             Parsed::Header(h) => break h,
             Parsed::Invalid(why) => return Err(ProxyHeaderError::Invalid(why)),
             Parsed::Incomplete if have == buf.len() => buf.resize(MAX_HEADER, 0),
             Parsed::Incomplete => {}
         }
+        have = match peek_more(stream, |b| peeker.peek(b), &mut buf, have, deadline).await {
+            More::Bytes(n) => n,
+            More::Timeout => return Err(ProxyHeaderError::Timeout),
+            More::Closed | More::Finished => return Err(ProxyHeaderError::Closed),
+        };
     };
     // Consume the header: its bytes are queued already (one `recv`, at once, as a rule).
     let mut left = header.len - consume_now(stream, &mut buf, header.len);
