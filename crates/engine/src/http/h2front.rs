@@ -9,12 +9,14 @@
 //! once (a backend connection waiting for an answer is freed).
 //!
 //! Settings are hyper's server defaults: 1 MiB stream and connection windows, 16 KiB frames, 200
-//! concurrent streams, 16 KiB header lists, 400 KiB send buffer per stream, at most 1024 streams
-//! reset for local errors. Responses without a `date` header get one (hyper did the same).
+//! concurrent streams, 16 KiB header lists, at most 1024 streams reset for local errors; the send
+//! buffer per stream is smaller (256 KiB), and all streams of a connection share a budget of
+//! response bytes queued and not yet written ([`super::h2send`]). Responses without a `date` header get one (hyper did the same).
 //! A stream that arrives already reset does no backend work; a client that resets too many of
 //! its streams ([`RESET_MIN`], [`RESET_SHARE_PERCENT`]) gets GOAWAY `ENHANCE_YOUR_CALM`.
 
-use super::{error_response, handle_inner, headers, BoxError, Counted, HttpConn, ProxyBody};
+use super::h2send::{SendBudget, Share, STREAM_BUFFER};
+use super::{error_response, handle_inner, headers, BoxError, Counted, HttpConn};
 use crate::conn::Termination;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -31,7 +33,6 @@ const WINDOW: u32 = 1024 * 1024;
 const MAX_FRAME: u32 = 16 * 1024;
 const MAX_STREAMS: u32 = 200;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
-const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_LOCAL_RESETS: usize = 1024;
 /// Rapid-reset budget: once a connection's client has reset at least this many streams...
 const RESET_MIN: u32 = 100;
@@ -65,6 +66,8 @@ pub(super) fn serve<IO>(io: Counted<IO>, cx: Arc<HttpConn>) -> impl Future<Outpu
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let sending = Arc::new(SendBudget::default());
+    let io = sending.watch(io);
     let handshake = Box::pin(
         h2::server::Builder::new()
             .initial_window_size(WINDOW)
@@ -72,7 +75,7 @@ where
             .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(MAX_STREAMS)
             .max_header_list_size(MAX_HEADER_LIST)
-            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_send_buffer_size(STREAM_BUFFER)
             .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
             .handshake::<_, Bytes>(io),
     );
@@ -97,7 +100,8 @@ where
                 match conn.poll_accept(tcx) {
                     Poll::Ready(Some(Ok((req, respond)))) => {
                         budget.streams.fetch_add(1, Ordering::Relaxed);
-                        streams.push(Box::pin(stream(req, respond, cx.clone(), budget.clone())));
+                        let share = Share::new(sending.clone(), respond.stream_id().into());
+                        streams.push(Box::pin(stream(req, respond, cx.clone(), budget.clone(), share)));
                         continue; // polls the new stream, then accepts again
                     }
                     Poll::Ready(Some(Err(_))) => return Poll::Ready(Termination::ClientError),
@@ -123,6 +127,7 @@ async fn stream(
     mut respond: h2::server::SendResponse<Bytes>,
     cx: Arc<HttpConn>,
     budget: Arc<ResetBudget>,
+    share: Share,
 ) {
     // A stream that arrived already reset does no backend work.
     if poll_fn(|tcx| Poll::Ready(respond.poll_reset(tcx).is_ready())).await {
@@ -157,56 +162,7 @@ async fn stream(
     let end = body.is_end_stream();
     let Ok(mut send) = respond.send_response(Response::from_parts(head, ()), end) else { return };
     if !end {
-        send_body(&mut send, body).await;
-    }
-}
-
-/// Streams a response body to the client under flow control; trailers end it when present.
-async fn send_body(send: &mut h2::SendStream<Bytes>, mut body: ProxyBody) {
-    loop {
-        let frame = poll_fn(|tcx| {
-            if send.poll_reset(tcx).is_ready() {
-                return Poll::Ready(Err(()));
-            }
-            Pin::new(&mut body).poll_frame(tcx).map(Ok)
-        })
-        .await;
-        let frame = match frame {
-            Err(()) => return, // reset by the client
-            Ok(None) => {
-                let _ = send.send_data(Bytes::new(), true);
-                return;
-            }
-            Ok(Some(Err(_))) => {
-                send.send_reset(h2::Reason::INTERNAL_ERROR);
-                return;
-            }
-            Ok(Some(Ok(f))) => f,
-        };
-        match frame.into_data() {
-            Ok(mut data) => {
-                while !data.is_empty() {
-                    send.reserve_capacity(data.len());
-                    let granted = match poll_fn(|tcx| send.poll_capacity(tcx)).await {
-                        Some(Ok(n)) => n,
-                        _ => return, // the stream is gone
-                    };
-                    if granted == 0 {
-                        continue;
-                    }
-                    let chunk = data.split_to(granted.min(data.len()));
-                    if send.send_data(chunk, false).is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    let _ = send.send_trailers(trailers);
-                    return;
-                }
-            }
-        }
+        share.send_body(&mut send, body).await;
     }
 }
 
@@ -288,7 +244,9 @@ mod size_tests {
         fn future_size<A, B, F: std::future::Future>(_: fn(A, B) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        let conn = std::mem::size_of::<h2::server::Connection<super::Counted<Tls>, bytes::Bytes>>();
+        let conn = std::mem::size_of::<
+            h2::server::Connection<super::super::h2send::Watched<super::Counted<Tls>>, bytes::Bytes>,
+        >();
         let serve = future_size(super::serve::<Tls>);
         println!("h2 connection {conn} B, serve future {serve} B");
         // The connection once (not the arguments again, nor the finished handshake).

@@ -16,6 +16,7 @@ pub(crate) mod chunked;
 pub mod error;
 mod h1;
 mod h2front;
+mod h2send;
 pub mod headers;
 pub mod plan;
 pub(crate) mod wire;

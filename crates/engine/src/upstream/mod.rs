@@ -29,6 +29,9 @@ type BackendClient = Client<Connector, ProxyBody>;
 
 /// Idle pooled backend connections of hyper's clients are closed after this long (hyper's default).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The most an HTTP/1.1 backend connection of hyper's client reads ahead of its reader (hyper's
+/// default is about 400 KiB): what a response waiting for a client that does not read can hold.
+const READ_AHEAD: usize = 64 * 1024;
 
 /// Pooled clients to backends: HTTP/1.1 and HTTP/2, each able to speak plain HTTP or TLS.
 pub struct Backends {
@@ -68,7 +71,7 @@ impl Backends {
             .enable_http2()
             .wrap_connector(tcp);
         let mut b1 = Client::builder(TokioExecutor::new());
-        b1.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new());
+        b1.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).http1_max_buf_size(READ_AHEAD);
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).http2_only(true);
         Ok(Backends { pool: http1::Pool::default(), h1: b1.build(c1), h2: b2.build(c2), tls_h1 })
