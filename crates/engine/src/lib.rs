@@ -17,6 +17,8 @@ pub mod detect;
 pub mod dispatch;
 pub mod error;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod http;
 pub mod js;
 pub mod listener;

@@ -21,6 +21,16 @@ pub(super) fn looks_like_http(buf: &[u8]) -> Sniff {
     Sniff::Other
 }
 
+/// Whether the bytes from `from` on complete a request head (an empty line, `\r\n` or bare
+/// `\n` endings, as httparse accepts), looking back far enough to catch one split across reads.
+pub fn head_ends_after(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(3);
+    buf[start..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\r\n" && start + i >= 1 && buf[start + i - 1] == b'\n'))
+}
+
 /// The parts of the first request head that routing uses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HttpHead {
@@ -100,6 +110,21 @@ pub fn strip_port(host: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A head the parser accepts always ends in an empty line: before one arrives, parsing can
+    /// be skipped.
+    #[test]
+    fn no_head_before_its_end() {
+        let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: x.example:80\r\nX-A: 1\n\r\nGET / HTTP/1.1\r\n\r\n";
+        crate::testutil::mutations(raw, 20_000, |b| {
+            for end in 0..=b.len() {
+                let p = &b[..end];
+                if !head_ends_after(p, 0) {
+                    assert!(parse_http_head(p).is_err(), "{p:?}");
+                }
+            }
+        });
+    }
 
     #[test]
     fn parses_head() {

@@ -5,8 +5,8 @@
 mod http;
 mod tls;
 
-pub use http::{parse_http_head, strip_port, HttpHead};
-pub use tls::{parse_client_hello, ClientHello, TlsVersion};
+pub use http::{head_ends_after, parse_http_head, strip_port, HttpHead, MAX_HEAD};
+pub use tls::{hello_needs, parse_client_hello, ClientHello, TlsVersion};
 
 /// Why a detector could not produce a result.
 #[derive(Debug, Clone, PartialEq, Eq)]

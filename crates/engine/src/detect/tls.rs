@@ -137,6 +137,47 @@ fn handshake_message(buf: &[u8]) -> Result<Vec<u8>, DetectError> {
     }
 }
 
+/// A lower bound of the bytes a connection must have sent before [`parse_client_hello`] can
+/// answer anything but [`DetectError::Incomplete`]: 0 when it can answer now. Walks the record
+/// headers only (no copy), so a client that sends its hello a byte at a time costs linear work.
+pub fn hello_needs(buf: &[u8]) -> usize {
+    let mut pos = 0;
+    let mut got = 0usize; // handshake message bytes in the records before `pos`
+    let mut head = [0u8; 4]; // the message's type and length, as far as seen
+    loop {
+        let Some(hdr) = buf.get(pos..pos + 5) else { return buf.len() + 1 };
+        if hdr[0] != 0x16 || hdr[1] != 0x03 {
+            return 0;
+        }
+        let len = usize::from(hdr[3]) << 8 | usize::from(hdr[4]);
+        if len == 0 || len > 16384 + 2048 {
+            return 0;
+        }
+        let body = &buf[pos + 5..buf.len().min(pos + 5 + len)];
+        for (i, &b) in body.iter().enumerate().take(4usize.saturating_sub(got)) {
+            head[got + i] = b;
+        }
+        let seen = got + body.len();
+        if seen >= 1 && head[0] != 0x01 {
+            return 0;
+        }
+        if seen >= 4 {
+            let total = 4 + (usize::from(head[1]) << 16 | usize::from(head[2]) << 8 | usize::from(head[3]));
+            if total - 4 > MAX_CLIENT_HELLO || seen >= total {
+                return 0;
+            }
+            if got + len >= total {
+                return pos + 5 + (total - got); // completes inside this record
+            }
+        }
+        if body.len() < len {
+            return buf.len() + 1;
+        }
+        got += len;
+        pos += 5 + len;
+    }
+}
+
 /// Whether `msg` holds a whole handshake message; checks type and bound.
 fn complete(msg: &[u8]) -> Result<bool, DetectError> {
     if msg.is_empty() {
@@ -247,6 +288,38 @@ mod tests {
             conn.write_tls(&mut out).unwrap();
         }
         out
+    }
+
+    /// Before the length [`hello_needs`] gives, the parser could only say "incomplete": on every
+    /// prefix of real hellos in records of any size, and of broken variants of them.
+    #[test]
+    fn hello_needs_is_a_lower_bound() {
+        let hello = rustls_hello("needs.example.com");
+        for chunk in [1, 3, 4, 5, 100, 16384] {
+            let wire = split_records(&hello, chunk);
+            let mut parses = 0;
+            for end in 0..=wire.len() {
+                let p = &wire[..end];
+                if p.len() < hello_needs(p) {
+                    assert_eq!(
+                        parse_client_hello(p).err(),
+                        Some(DetectError::Incomplete),
+                        "chunk {chunk}, {end} bytes"
+                    );
+                } else {
+                    parses += 1;
+                }
+            }
+            assert_eq!(parses, 1, "chunk {chunk}: the parser runs once, on the whole hello");
+            crate::testutil::mutations(&wire, 3_000, |b| {
+                for end in [b.len() / 3, b.len() / 2, b.len().saturating_sub(1), b.len()] {
+                    let p = &b[..end];
+                    if p.len() < hello_needs(p) {
+                        assert_eq!(parse_client_hello(p).err(), Some(DetectError::Incomplete), "{p:?}");
+                    }
+                }
+            });
+        }
     }
 
     /// Re-frames one handshake message into records of at most `chunk` bytes.

@@ -23,6 +23,7 @@ use super::plan::{self, Answer, Outcome, RequestFacts, Routed};
 use super::wire::{bufs, push_header, tokens, Framing, BUF, MAX_HEAD, MAX_HEADERS};
 use super::{Counted, HttpConn};
 use crate::conn::{ConnRecord, Termination};
+use crate::detect::head_ends_after;
 use crate::matching::{HttpView, SelectedTarget};
 use crate::upstream::http1::{backend, first_bytes, parse_response, read_head, send_whole, Kept, RespHead};
 use http::header::{HeaderName, HeaderValue};
@@ -181,16 +182,6 @@ impl<IO: ClientIo> Client<IO> {
         };
         let _ = tokio::time::timeout(LINGER_TIME, drain).await;
     }
-}
-
-/// Whether the bytes from `from` on complete a request head (an empty line, `\r\n` or bare
-/// `\n` endings, as httparse accepts), looking back far enough to catch one split across reads.
-fn head_ends_after(buf: &[u8], from: usize) -> bool {
-    let start = from.saturating_sub(3);
-    buf[start..]
-        .windows(2)
-        .enumerate()
-        .any(|(i, w)| w == b"\n\n" || (w == b"\r\n" && start + i >= 1 && buf[start + i - 1] == b'\n'))
 }
 
 /// How long a lingering close reads what the client still sends.
@@ -600,26 +591,51 @@ fn needs_hyper(r: &Routed, cx: &HttpConn) -> bool {
         || r.target.send_proxy.unwrap_or(cx.sh.options.send_proxy_protocol).is_some()
 }
 
-/// Parses a request head at the start of `buf`, asks the [`plan`] what to do with it, and
-/// renders the head for the backend.
-fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
+/// What a request head at the start of a buffer says, as far as this path needs it.
+pub(crate) struct ReqHead<'b, 'h> {
+    /// Bytes of the head.
+    pub len: usize,
+    pub method: &'b str,
+    pub target: &'b str,
+    pub headers: &'h [httparse::Header<'b>],
+    pub host: &'b str,
+    pub body: Framing,
+    /// The client asked to close after this request.
+    pub close: bool,
+    pub has_connection: bool,
+    pub xff_count: usize,
+}
+
+/// The verdict on the bytes at the start of a client's buffer.
+pub(crate) enum Scanned<'b, 'h> {
+    /// The head is not complete yet.
+    Partial,
+    /// Not for this path: hyper takes the connection (HTTP/2 preface, HTTP/1.0, absolute or
+    /// CONNECT targets, upgrades, unusual framing or expectations, no Host).
+    Hyper,
+    /// Malformed: `len` bytes, and the answer.
+    Malformed(usize, HttpError),
+    Head(ReqHead<'b, 'h>),
+}
+
+/// Parses a request head at the start of `buf` (pure: the parser of untrusted bytes of this
+/// path, fuzzed in [`crate::fuzzing`]).
+pub(crate) fn scan_request<'b, 'h>(buf: &'b [u8], hs: &'h mut [httparse::Header<'b>]) -> Scanned<'b, 'h> {
     if buf.starts_with(b"PRI ") {
-        return Parsed::Hyper; // the HTTP/2 connection preface (prior knowledge)
+        return Scanned::Hyper; // the HTTP/2 connection preface (prior knowledge)
     }
-    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut hs);
-    let malformed = |len, e: HttpError| Parsed::Reply { len, answer: Box::new(e.into()), close: true, malformed: true };
+    let mut req = httparse::Request::new(hs);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return malformed(buf.len(), HttpError::HeadTooLarge),
-        Err(_) => return malformed(buf.len(), HttpError::BadRequest),
+        Ok(httparse::Status::Partial) => return Scanned::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Scanned::Malformed(buf.len(), HttpError::HeadTooLarge),
+        Err(_) => return Scanned::Malformed(buf.len(), HttpError::BadRequest),
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Parsed::Hyper;
+        return Scanned::Hyper;
     };
     if !target.starts_with('/') || method == "CONNECT" {
-        return Parsed::Hyper;
+        return Scanned::Hyper;
     }
     let mut host: Option<&str> = None;
     let mut length: Option<u64> = None;
@@ -630,13 +646,14 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     let mut upgrade_token = false;
     let mut upgrade = false;
     let mut xff_count = 0;
-    for h in req.headers.iter() {
+    let headers: &'h [httparse::Header<'b>] = req.headers;
+    for h in headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("host") {
             if host.is_none() {
                 match std::str::from_utf8(h.value) {
                     Ok(v) => host = Some(v.trim()),
-                    Err(_) => return malformed(len, HttpError::BadRequest),
+                    Err(_) => return Scanned::Malformed(len, HttpError::BadRequest),
                 }
             }
         } else if n.eq_ignore_ascii_case("content-length") {
@@ -644,10 +661,10 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
             let Some(l) =
                 (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse::<u64>().ok()).flatten()
             else {
-                return malformed(len, HttpError::BadRequest);
+                return Scanned::Malformed(len, HttpError::BadRequest);
             };
             if length.is_some_and(|prev| prev != l) {
-                return malformed(len, HttpError::BadRequest);
+                return Scanned::Malformed(len, HttpError::BadRequest);
             }
             length = Some(l);
         } else if n.eq_ignore_ascii_case("transfer-encoding") {
@@ -665,28 +682,44 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
             // `100-continue` is forwarded and the backend's `100` passed back; anything else is
             // hyper's to refuse.
             if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                return Parsed::Hyper;
+                return Scanned::Hyper;
             }
         } else if n.eq_ignore_ascii_case("x-forwarded-for") {
             xff_count += 1;
         }
     }
     if (upgrade && upgrade_token) || te_headers > 1 || (te_headers == 1 && !chunked) {
-        return Parsed::Hyper;
+        return Scanned::Hyper;
     }
-    let Some(host) = host else { return Parsed::Hyper };
+    let Some(host) = host else { return Scanned::Hyper };
     let body = match (chunked, length) {
         (true, _) => Framing::Chunked(Chunked::default()),
         (false, Some(n)) if n > 0 => Framing::Length(n),
         _ => Framing::None,
     };
+    Scanned::Head(ReqHead { len, method, target, headers, host, body, close, has_connection, xff_count })
+}
+
+/// Parses a request head at the start of `buf`, asks the [`plan`] what to do with it, and
+/// renders the head for the backend.
+fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let head = match scan_request(buf, &mut hs) {
+        Scanned::Partial => return Parsed::Partial,
+        Scanned::Hyper => return Parsed::Hyper,
+        Scanned::Malformed(len, e) => {
+            return Parsed::Reply { len, answer: Box::new(e.into()), close: true, malformed: true };
+        }
+        Scanned::Head(h) => h,
+    };
+    let ReqHead { len, method, target, headers: fields, host, body, close, has_connection, xff_count } = head;
     let has_body = body != Framing::None;
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
     let domain = crate::detect::strip_port(host);
-    let view = View { method, path, headers: req.headers };
+    let view = View { method, path, headers: fields };
     let facts = RequestFacts { method, target, path, query, domain: Some(&domain), upgrade: false, view: &view };
     if plan::is_acme_validation(cx, path) {
         return Parsed::Hyper;
@@ -703,9 +736,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     }
     let edits = routed.edits(cx, &facts);
     let listed: Vec<&str> = if has_connection {
-        headers::connection_tokens(
-            req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value),
-        )
+        headers::connection_tokens(fields.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).map(|h| h.value))
     } else {
         Vec::new()
     };
@@ -715,7 +746,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     out.push(b' ');
     out.extend_from_slice(routed.path_and_query(&facts).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in req.headers.iter() {
+    for h in fields.iter() {
         let n = h.name;
         // Framing is this path's own (written below).
         if headers::request_field_kept(n, false, &listed)
@@ -726,7 +757,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
         }
     }
     out.extend_from_slice(b"x-forwarded-for: ");
-    let prior = req.headers.iter().filter(|h| xff_count > 0 && h.name.eq_ignore_ascii_case("x-forwarded-for"));
+    let prior = fields.iter().filter(|h| xff_count > 0 && h.name.eq_ignore_ascii_case("x-forwarded-for"));
     headers::forwarded_for(&mut out, prior.map(|h| h.value), cx.client_ip_text.as_bytes());
     out.extend_from_slice(if cx.tls {
         b"\r\nx-forwarded-proto: https\r\n"
@@ -769,7 +800,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
 
 /// The head an HTTP/1.1 client gets: the backend's, without hop-by-hop fields, with the
 /// route's response headers, and `connection: close` when the connection ends after it.
-fn client_head(buf: &[u8], h: &RespHead, templates: &[(HeaderName, HeaderValue)], close: bool) -> Vec<u8> {
+pub(crate) fn client_head(buf: &[u8], h: &RespHead, templates: &[(HeaderName, HeaderValue)], close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(h.len + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(&itoa3(h.code));

@@ -14,13 +14,13 @@
 mod access;
 pub(crate) mod chunked;
 pub mod error;
-mod h1;
+pub(crate) mod h1;
 mod h2front;
 mod h2send;
 pub mod headers;
 pub mod plan;
 pub(crate) mod wire;
-mod ws;
+pub(crate) mod ws;
 
 use crate::upstream::Backends;
 pub use access::RateLimiter;

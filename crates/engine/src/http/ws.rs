@@ -30,7 +30,7 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PONG: u8 = 0xA;
 
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     /// Forward these bytes.
     Forward,
     /// A pong to one of our pings: swallow it.
@@ -41,7 +41,7 @@ enum Verdict {
 
 /// Incremental frame scanner over one direction's byte stream.
 #[derive(Default)]
-struct Scanner {
+pub(crate) struct Scanner {
     header: Vec<u8>,
     /// Remaining payload bytes of the current data frame (streamed through).
     remaining: u64,
@@ -74,12 +74,17 @@ fn payload_len(h: &[u8]) -> u64 {
 }
 
 impl Scanner {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Scanner { at_boundary: true, ..Default::default() }
     }
 
     /// Splits `data` into pieces, calling `out(bytes, verdict, at_boundary_after)` for each.
-    fn feed(&mut self, mut data: &[u8], max_payload: Option<u64>, mut out: impl FnMut(&[u8], Verdict, bool)) {
+    pub(crate) fn feed(
+        &mut self,
+        mut data: &[u8],
+        max_payload: Option<u64>,
+        mut out: impl FnMut(&[u8], Verdict, bool),
+    ) {
         while !data.is_empty() {
             if let Some((buf, need)) = &mut self.control {
                 let take = (*need - buf.len()).min(data.len());

@@ -8,7 +8,10 @@
 //! wrapper). Elsewhere it goes through a duplicate of the descriptor (std's safe `peek`), which
 //! costs a `dup` and a `close` per connection.
 
-use crate::detect::{parse_client_hello, parse_http_head, sniff, ClientHello, DetectError, HttpHead, Sniff};
+use crate::detect::{
+    head_ends_after, hello_needs, parse_client_hello, parse_http_head, sniff, ClientHello, DetectError, HttpHead,
+    Sniff, MAX_HEAD,
+};
 use std::io;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -46,6 +49,7 @@ pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initi
     let mut buf = vec![0u8; FIRST_PEEK];
     let mut have = 0usize;
     loop {
+        let scanned = have;
         have = match peek_more(stream, |b| peeker.peek(b), &mut buf, have, deadline).await {
             More::Bytes(n) => n,
             More::Timeout => return Err(PeekError::Timeout),
@@ -53,7 +57,7 @@ pub async fn peek_initial(stream: &TcpStream, deadline: Instant) -> Result<Initi
             // FIN after a partial message: no more bytes will come.
             More::Finished => return finish_partial(&buf[..have]),
         };
-        match classify(&buf[..have]) {
+        match classify(&buf[..have], scanned) {
             Some(result) => return result,
             None if have == buf.len() => {
                 if buf.len() >= MAX_PEEK {
@@ -222,18 +226,23 @@ impl Peeker {
     }
 }
 
-/// `Some(result)` when the bytes decide, `None` when more are needed.
-fn classify(b: &[u8]) -> Option<Result<Initial, PeekError>> {
+/// `Some(result)` when the bytes decide, `None` when more are needed. The bytes before
+/// `scanned` were looked at before: a parser runs only once the message can be complete (the
+/// end of a request head among the new bytes, the length a ClientHello's records announce), so
+/// a client that sends its first bytes one at a time costs linear work, not quadratic.
+fn classify(b: &[u8], scanned: usize) -> Option<Result<Initial, PeekError>> {
     match sniff(b) {
         Sniff::Unknown => None,
         Sniff::Other => Some(Ok(Initial::Other)),
-        Sniff::Tls => match parse_client_hello(b) {
+        Sniff::Tls if b.len() < hello_needs(b) => None,
+        Sniff::Http if b.len() < MAX_HEAD && !head_ends_after(b, scanned) => None,
+        Sniff::Tls => match counted(parse_client_hello)(b) {
             Ok(h) => Some(Ok(Initial::Tls(h))),
             Err(DetectError::Incomplete) => None,
             Err(DetectError::NotThisProtocol) => Some(Ok(Initial::Other)),
             Err(DetectError::Malformed(_)) => Some(Err(PeekError::MalformedTls)),
         },
-        Sniff::Http => match parse_http_head(b) {
+        Sniff::Http => match counted(parse_http_head)(b) {
             Ok(h) => Some(Ok(Initial::Http(h))),
             Err(DetectError::Incomplete) => None,
             Err(_) => Some(Ok(Initial::MalformedHttp)),
@@ -241,13 +250,83 @@ fn classify(b: &[u8]) -> Option<Result<Initial, PeekError>> {
     }
 }
 
+/// The parser itself (tests count its calls).
+fn counted<T>(parse: fn(&[u8]) -> T) -> fn(&[u8]) -> T {
+    #[cfg(test)]
+    tests::PARSES.with(|c| c.set(c.get() + 1));
+    parse
+}
+
 /// Decides on what arrived when no more will: an incomplete ClientHello is malformed, anything
 /// else is routed as opaque data.
 fn finish_partial(b: &[u8]) -> Result<Initial, PeekError> {
-    match classify(b) {
+    match classify(b, 0) {
         Some(r) => r,
         None if sniff(b) == Sniff::Tls => Err(PeekError::MalformedTls),
         None if b.is_empty() => Err(PeekError::Closed),
         None => Ok(Initial::Other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        pub(super) static PARSES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// First bytes that arrive one at a time are parsed once, when they can be complete.
+    #[test]
+    fn dripped_first_bytes_are_parsed_once() {
+        let mut head = b"GET /drip HTTP/1.1\r\nHost: drip.example\r\n".to_vec();
+        while head.len() < 12 * 1024 {
+            head.extend_from_slice(format!("X-Filler: {}\r\n", "f".repeat(500)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        PARSES.with(|c| c.set(0));
+        let mut decided = None;
+        for end in 1..=head.len() {
+            if let Some(r) = classify(&head[..end], end - 1) {
+                decided = Some((end, r));
+                break;
+            }
+        }
+        let (end, r) = decided.expect("decided");
+        assert_eq!(end, head.len());
+        assert!(matches!(r, Ok(Initial::Http(h)) if h.host.as_deref() == Some("drip.example")));
+        assert_eq!(PARSES.with(Cell::get), 1);
+
+        // A ClientHello in one record, then in records of 50 bytes.
+        let mut hello = vec![0x16, 0x03, 0x01, 0, 0, 0x01, 0, 0, 0];
+        let body: Vec<u8> = [&[0x03, 0x03][..], &[7; 32], &[0], &[0, 2, 0x13, 0x01], &[1, 0]].concat();
+        hello[7..9].copy_from_slice(&(body.len() as u16).to_be_bytes());
+        hello.extend_from_slice(&body);
+        let rec = (hello.len() - 5) as u16;
+        hello[3..5].copy_from_slice(&rec.to_be_bytes());
+        for wire in [hello.clone(), reframe(&hello, 50)] {
+            PARSES.with(|c| c.set(0));
+            let mut decided = None;
+            for end in 1..=wire.len() {
+                if let Some(r) = classify(&wire[..end], end - 1) {
+                    decided = Some((end, r));
+                    break;
+                }
+            }
+            let (end, r) = decided.expect("decided");
+            assert_eq!(end, wire.len());
+            assert!(matches!(r, Ok(Initial::Tls(_))), "{r:?}");
+            assert_eq!(PARSES.with(Cell::get), 1);
+        }
+    }
+
+    fn reframe(one: &[u8], chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in one[5..].chunks(chunk) {
+            out.extend_from_slice(&[0x16, 0x03, 0x01, 0, part.len() as u8]);
+            out.extend_from_slice(part);
+        }
+        out
     }
 }
