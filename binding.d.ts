@@ -36,6 +36,11 @@ export declare class NativeProxy {
   socketClosed(connId: number, failed: boolean): void
   getListeningPorts(): Array<number>
   isRunning(): boolean
+  /**
+   * One group of `getMetrics()`: `throughput` (rate over `seconds`), `history`, `byRoute`,
+   * `byIP` (windows of `seconds`), `requests`, `percentiles`.
+   */
+  metrics(query: string, seconds: number): any
   /** Connection counters and per-route / per-IP breakdowns, as a plain object. */
   getStatistics(): any
 }

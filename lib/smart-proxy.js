@@ -197,12 +197,14 @@ class SmartProxy extends EventEmitter {
     };
   }
 
-  /** The grouped metrics API (connections and totals; throughput sampling is not built yet). */
+  /**
+   * The grouped metrics API (upstream's IMetrics). Reads are synchronous and current: the
+   * engine samples traffic once a second in the same process.
+   */
   getMetrics() {
     const stats = () => this._native.getStatistics();
-    const unsupported = (name) => () => {
-      throw notSupported(`metrics.${name}`);
-    };
+    const q = (query, seconds = 1) => this._native.metrics(query, Math.max(1, Math.floor(Number(seconds) || 1)));
+    const rates = (query, seconds) => new Map(q(query, seconds));
     return {
       connections: {
         active: () => stats().activeConnections,
@@ -216,18 +218,18 @@ class SmartProxy extends EventEmitter {
             .slice(0, limit),
       },
       throughput: {
-        instant: unsupported('throughput.instant'),
-        recent: unsupported('throughput.recent'),
-        average: unsupported('throughput.average'),
-        custom: unsupported('throughput.custom'),
-        history: unsupported('throughput.history'),
-        byRoute: unsupported('throughput.byRoute'),
-        byIP: unsupported('throughput.byIP'),
+        instant: () => q('throughput', 1),
+        recent: () => q('throughput', 10),
+        average: () => q('throughput', 60),
+        custom: (seconds) => q('throughput', seconds),
+        history: (seconds) => q('history', seconds),
+        byRoute: (windowSeconds = 1) => rates('byRoute', windowSeconds),
+        byIP: (windowSeconds = 1) => rates('byIP', windowSeconds),
       },
       requests: {
-        perSecond: unsupported('requests.perSecond'),
-        perMinute: unsupported('requests.perMinute'),
-        total: unsupported('requests.total'),
+        perSecond: () => q('requests').perSecond,
+        perMinute: () => q('requests').perMinute,
+        total: () => q('requests').total,
       },
       totals: {
         bytesIn: () => stats().bytesIn,
@@ -235,8 +237,8 @@ class SmartProxy extends EventEmitter {
         connections: () => stats().totalConnections,
       },
       percentiles: {
-        connectionDuration: unsupported('percentiles.connectionDuration'),
-        bytesTransferred: unsupported('percentiles.bytesTransferred'),
+        connectionDuration: () => q('percentiles').connectionDuration,
+        bytesTransferred: () => q('percentiles').bytesTransferred,
       },
     };
   }

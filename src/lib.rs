@@ -268,6 +268,36 @@ impl NativeProxy {
         self.inner.is_running()
     }
 
+    /// One group of `getMetrics()`: `throughput` (rate over `seconds`), `history`, `byRoute`,
+    /// `byIP` (windows of `seconds`), `requests`, `percentiles`.
+    #[napi]
+    pub fn metrics(&self, query: String, seconds: u32) -> Result<Value> {
+        let m = self.inner.metrics();
+        let secs = u64::from(seconds.max(1));
+        let rate = |r: engine::metrics::Rate| json!({ "in": r.bytes_in, "out": r.bytes_out });
+        let p = |h: &engine::metrics::hist::Histogram| json!({ "p50": h.quantile(0.5), "p95": h.quantile(0.95), "p99": h.quantile(0.99) });
+        Ok(match query.as_str() {
+            "throughput" => rate(m.throughput(secs)),
+            "history" => m
+                .history(secs)
+                .iter()
+                .map(|s| json!({ "timestamp": s.at_ms, "in": s.bytes_in, "out": s.bytes_out }))
+                .collect(),
+            "byRoute" => m.by_route(secs).into_iter().map(|(k, r)| json!([&*k, rate(r)])).collect(),
+            "byIP" => m.by_ip(secs).into_iter().map(|(k, r)| json!([k, rate(r)])).collect(),
+            "requests" => json!({
+                "perSecond": m.requests_in(1),
+                "perMinute": m.requests_in(60),
+                "total": m.requests.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+            "percentiles" => json!({
+                "connectionDuration": p(&m.conn_duration_ms),
+                "bytesTransferred": { "in": p(&m.conn_bytes_in), "out": p(&m.conn_bytes_out) },
+            }),
+            other => return Err(to_js("ERR_INVALID_ARG", format!("unknown metrics query {other:?}"))),
+        })
+    }
+
     /// Connection counters and per-route / per-IP breakdowns, as a plain object.
     #[napi]
     pub fn get_statistics(&self) -> Value {

@@ -143,6 +143,9 @@ pub struct ConnRecord {
     pub bytes_in: AtomicU64,
     /// Backend → client bytes.
     pub bytes_out: AtomicU64,
+    /// `bytes_in`/`bytes_out` as far as metrics have counted them (see [`crate::metrics`]).
+    pub sampled_in: AtomicU64,
+    pub sampled_out: AtomicU64,
     /// Milliseconds after `started` of the last byte in either direction.
     last_activity_ms: AtomicU64,
     pub is_tls: AtomicBool,
@@ -161,23 +164,48 @@ pub struct ConnRecord {
     pub proxied: OnceLock<Box<crate::proxy_protocol::Header>>,
 }
 
-/// Marks one HTTP request of a connection as being served until dropped (held until its
-/// response body is sent).
-pub struct InFlight(Arc<ConnRecord>);
+/// One HTTP request of a connection, counted as being served until dropped (held until its
+/// response body is sent); counted in the metrics, with its duration, once it is a request.
+pub struct InFlight {
+    rec: Arc<ConnRecord>,
+    registry: Arc<Registry>,
+    started: Instant,
+    request: bool,
+}
 
 impl InFlight {
-    pub fn new(rec: &Arc<ConnRecord>) -> Self {
+    /// A request being served.
+    pub fn new(rec: &Arc<ConnRecord>, registry: &Arc<Registry>) -> Self {
+        let mut f = Self::pending(rec, registry);
+        f.is_request();
+        f
+    }
+
+    /// Bytes of a connection being read that may turn out to be a request ([`Self::is_request`]).
+    pub fn pending(rec: &Arc<ConnRecord>, registry: &Arc<Registry>) -> Self {
         rec.http_in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(rec.clone())
+        InFlight { rec: rec.clone(), registry: registry.clone(), started: Instant::now(), request: false }
+    }
+
+    /// They are a request: it counts in the metrics (once).
+    pub fn is_request(&mut self) {
+        if !self.request {
+            self.request = true;
+            self.registry.metrics.request();
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.http_served.store(true, Ordering::Relaxed);
-        self.0.http_in_flight.fetch_sub(1, Ordering::Relaxed);
+        let rec = &self.rec;
+        rec.http_served.store(true, Ordering::Relaxed);
+        rec.http_in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.request {
+            self.registry.metrics.request_duration_us.record(self.started.elapsed().as_micros() as u64);
+        }
         // Idle from now on: the keep-alive timeout counts from the end of the answer.
-        self.0.touch();
+        rec.touch();
     }
 }
 
@@ -194,6 +222,10 @@ impl ConnRecord {
 
     pub fn route_name(&self) -> Option<&str> {
         self.route_name.get().map(|s| &**s)
+    }
+
+    pub fn route_name_arc(&self) -> Option<Arc<str>> {
+        self.route_name.get().cloned()
     }
 
     pub fn target(&self) -> Option<&(String, u16)> {
@@ -235,6 +267,8 @@ pub struct Registry {
     per_ip: DashMap<IpAddr, IpState>,
     incoming: [AtomicU64; Termination::ALL.len()],
     outgoing: [AtomicU64; Termination::ALL.len()],
+    /// Traffic samples and histograms (fed by the connections of this registry).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A snapshot for `getStatistics()` and metrics.
@@ -296,6 +330,8 @@ impl Registry {
                 .map_or(0, |d| d.as_millis() as u64),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            sampled_in: AtomicU64::new(0),
+            sampled_out: AtomicU64::new(0),
             last_activity_ms: AtomicU64::new(0),
             is_tls: AtomicBool::new(false),
             keep_alive: AtomicBool::new(false),
@@ -341,6 +377,13 @@ impl Registry {
             }
             st.active > 0 || !st.recent.is_empty()
         });
+    }
+
+    /// Calls `f` with every live connection.
+    pub fn for_each(&self, mut f: impl FnMut(&ConnRecord)) {
+        for c in self.conns.iter() {
+            f(c.value());
+        }
     }
 
     /// Number of IPs with state (tests: pruning works).
@@ -429,6 +472,7 @@ impl Drop for ConnGuard {
         r.per_ip.remove_if(&self.rec.client_ip, |_, st| st.active == 0 && st.recent.is_empty());
         r.conns.remove(&self.rec.id);
         r.live.fetch_sub(1, Ordering::Relaxed);
+        r.metrics.close(&self.rec);
     }
 }
 

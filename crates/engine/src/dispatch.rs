@@ -182,11 +182,16 @@ async fn serve(
                 http_conn(sh, port, ip, local_ip(&stream), dst(&stream, &guard.rec), false, None, None, &guard.rec);
             return Box::pin(with_lifetime(crate::http::serve(stream, cx, idle), &guard.rec, lifetime)).await;
         }
-        Plan::Socket { handler, context } => return hand_over(stream, handler, context, sh, &guard.rec),
+        Plan::Socket { handler, context } => {
+            sh.registry.metrics.request();
+            return hand_over(stream, handler, context, sh, &guard.rec);
+        }
         // Boxed: a rare path must not size every connection's future.
         Plan::AcmeValidation(cfg) => return Box::pin(acme_validation(stream, cfg, o.initial_data_timeout)).await,
         Plan::Relay(t) => t,
     };
+    // A layer-4 connection is one request in the metrics (HTTP routes count their requests).
+    sh.registry.metrics.request();
     // Boxed: connect state (address resolution, timer) is transient.
     let backend = match Box::pin(crate::upstream::connect_tcp(sh, &target.host, target.port)).await {
         Ok(s) => s,
@@ -428,15 +433,22 @@ async fn serve_tls(
 ) -> Termination {
     // Boxed: the handshake state (the TLS stream in the making) must not stay in the
     // connection's future once the handshake is done.
-    let accept =
-        Box::pin(tokio::time::timeout_at(handshake_deadline, tokio_rustls::TlsAcceptor::from(cfg).accept(stream)));
+    let accept = Box::pin(tokio::time::timeout_at(
+        handshake_deadline,
+        tokio_rustls::TlsAcceptor::from(cfg).accept(crate::tcp::Wire::new(stream, cx.rec.clone())),
+    ));
     // The stream leaves the handshake's result before the await below (a match scrutinee would
     // keep the whole result, stream included, in this future).
+    let metrics = &cx.sh.registry.metrics;
     let tls = match accept.await {
         Err(_) => return Termination::InitialDataTimeout,
-        Ok(Err(_)) => return Termination::TlsError,
+        Ok(Err(_)) => {
+            metrics.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            return Termination::TlsError;
+        }
         Ok(Ok(tls)) => tls,
     };
+    metrics.tls_handshakes.fetch_add(1, Ordering::Relaxed);
     crate::http::serve(tls, cx, idle).await
 }
 

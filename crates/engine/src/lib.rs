@@ -23,6 +23,7 @@ pub mod http;
 pub mod js;
 pub mod listener;
 pub mod matching;
+pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod snapshot;

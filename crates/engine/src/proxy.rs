@@ -231,13 +231,21 @@ impl Proxy {
         run.shared.acme.sync(snap.acme.clone()).await;
         let registry = self.registry.clone();
         let shutdown = run.shared.shutdown.clone();
+        let m = &run.shared.options.metrics;
+        registry.metrics.configure(m.enabled, m.retention_seconds);
         if let Some(rt) = &run.rt {
             rt.spawn(async move {
-                let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+                let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+                // One metrics sample per second, taken at the turn of the wall-clock second.
+                let to_next = 1000 - crate::metrics::now_ms() % 1000;
+                let start = tokio::time::Instant::now() + Duration::from_millis(to_next);
+                let mut sample = tokio::time::interval_at(start, Duration::from_secs(1));
+                sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tick.tick() => registry.prune_ips(),
+                        _ = prune.tick() => registry.prune_ips(),
+                        _ = sample.tick() => registry.metrics.tick(&registry),
                     }
                 }
             });
@@ -428,6 +436,11 @@ impl Proxy {
 
     pub fn is_running(&self) -> bool {
         self.lifecycle.try_lock().map_or(true, |g| g.is_some())
+    }
+
+    /// Traffic samples, histograms and counters (kept across `stop`/`start`).
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.registry.metrics
     }
 
     pub fn stats(&self) -> ProxyStats {

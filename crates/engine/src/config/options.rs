@@ -73,6 +73,8 @@ pub struct ProxyOptions {
     pub tls_session_resumption: bool,
     /// The global `acme` options, when given (defaults for every `'auto'` route).
     pub acme: Option<AcmeOptions>,
+    /// `metrics`: sampling and the Prometheus / status listener.
+    pub metrics: MetricsOptions,
     /// `certProvisionFunction`: the JavaScript function (bridge id) asked first for the
     /// certificate of an `'auto'` route.
     pub cert_provision_fn: Option<u32>,
@@ -125,6 +127,7 @@ impl Default for ProxyOptions {
             worker_threads: None,
             tls_session_resumption: true,
             acme: None,
+            metrics: MetricsOptions::default(),
             cert_provision_fn: None,
             cert_provision_fallback_to_acme: true,
             proxy_ips: Vec::new(),
@@ -294,6 +297,99 @@ const LEGACY_OPTIONS: &[&str] = &[
     "port80HandlerConfig",
 ];
 
+/// `metrics` (upstream's `IMetricsConfig`, plus the listener's host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsOptions {
+    /// Per-second sampling of throughput and request rates. Default on.
+    pub enabled: bool,
+    /// Seconds of per-second samples kept. Default 3600.
+    pub retention_seconds: usize,
+    /// Serve `/metrics` (Prometheus), `/` (the status page) and `/status.json`.
+    pub prometheus_enabled: bool,
+    /// The listener's port (default 9090) and address (default 127.0.0.1).
+    pub prometheus_port: u16,
+    pub prometheus_host: String,
+    /// Default `/metrics`.
+    pub prometheus_path: String,
+    /// Metric name prefix. Default `smartproxy_`.
+    pub prometheus_prefix: String,
+}
+
+impl Default for MetricsOptions {
+    fn default() -> Self {
+        MetricsOptions {
+            enabled: true,
+            retention_seconds: crate::metrics::DEFAULT_RETENTION,
+            prometheus_enabled: false,
+            prometheus_port: 9090,
+            prometheus_host: "127.0.0.1".into(),
+            prometheus_path: "/metrics".into(),
+            prometheus_prefix: "smartproxy_".into(),
+        }
+    }
+}
+
+/// The longest `metrics.retentionSeconds` (a week of per-second samples, 32 bytes each).
+const MAX_RETENTION: u64 = 7 * 24 * 3600;
+
+fn parse_metrics_options(at: At) -> CResult<MetricsOptions> {
+    at.obj()?;
+    let mut m = MetricsOptions::default();
+    if let Some(b) = opt(at, "enabled", |a| a.bool())? {
+        m.enabled = b;
+    }
+    if let Some(n) = opt(at, "sampleIntervalMs", |a| a.uint())? {
+        if n != 1000 {
+            return unsupported("metrics.sampleIntervalMs other than 1000 (samples are per second)");
+        }
+    }
+    if let Some(n) = opt(at, "retentionSeconds", |a| a.uint())? {
+        if n == 0 || n > MAX_RETENTION {
+            return Err(ConfigError::Invalid(format!("metrics.retentionSeconds: must be 1-{MAX_RETENTION}, got {n}")));
+        }
+        m.retention_seconds = n as usize;
+    }
+    // Upstream's tuning switches: percentiles and per-route/IP series are always kept here, and
+    // reads are current without a cache.
+    for key in ["enableDetailedTracking", "enablePercentiles"] {
+        opt(at, key, |a| a.bool())?;
+    }
+    opt(at, "cacheResultsMs", |a| a.uint())?;
+    if let Some(b) = opt(at, "prometheusEnabled", |a| a.bool())? {
+        m.prometheus_enabled = b;
+    }
+    if let Some(p) = opt(at, "prometheusPort", |a| a.port())? {
+        m.prometheus_port = p;
+    }
+    if let Some(h) = opt(at, "prometheusHost", |a| a.str().map(str::to_owned))? {
+        if h.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!("metrics.prometheusHost: expected an IP address, got {h:?}")));
+        }
+        m.prometheus_host = h;
+    }
+    if let Some(p) = opt(at, "prometheusPath", |a| a.str().map(str::to_owned))? {
+        if !p.starts_with('/') || p == "/" || p == "/status.json" {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.prometheusPath: must start with / and differ from / and /status.json, got {p:?}"
+            )));
+        }
+        m.prometheus_path = p;
+    }
+    if let Some(p) = opt(at, "prometheusPrefix", |a| a.str().map(str::to_owned))? {
+        let ok = p
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c == ':' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        if !ok {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.prometheusPrefix: not a valid metric name prefix: {p:?}"
+            )));
+        }
+        m.prometheus_prefix = p;
+    }
+    Ok(m)
+}
+
 /// Validates the top-level options (everything but `routes`). Returns the options and warnings.
 pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
     let at = At::new(v, "");
@@ -304,6 +400,9 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
         read_table(at, &mut o)?;
         if let Some(a) = at.get("acme") {
             o.acme = Some(parse_acme_options(At::new(a, "acme"))?);
+        }
+        if let Some(m) = at.get("metrics").filter(|v| !v.is_null()) {
+            o.metrics = parse_metrics_options(At::new(m, "metrics"))?;
         }
         if let Some(n) = opt(at, "workerThreads", |a| a.uint())? {
             o.worker_threads = Some(n.clamp(1, 64) as usize);

@@ -48,6 +48,10 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn negotiated_h2(&self) -> bool {
         false
     }
+
+    /// The stream counts the connection's bytes itself, on the wire (TLS): the HTTP layer
+    /// does not count them again.
+    const WIRE_COUNTED: bool = false;
 }
 
 impl ClientIo for TcpStream {
@@ -78,7 +82,9 @@ async fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
     .await
 }
 
-impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+impl ClientIo for tokio_rustls::server::TlsStream<crate::tcp::Wire> {
+    const WIRE_COUNTED: bool = true;
+
     async fn read_idle(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         // One byte first: rustls reads and decrypts the whole record into its own buffer, so
         // this costs no extra syscall, and the rest is taken below without waiting.
@@ -108,7 +114,7 @@ struct Client<IO> {
 
 impl<IO: ClientIo> Client<IO> {
     fn counted_in(&self, n: usize) {
-        if n > 0 {
+        if n > 0 && !IO::WIRE_COUNTED {
             self.rec.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             self.rec.touch();
         }
@@ -126,7 +132,9 @@ impl<IO: ClientIo> Client<IO> {
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.io.write_all(bytes).await?;
         self.io.flush().await?;
-        self.rec.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if !IO::WIRE_COUNTED {
+            self.rec.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
         self.rec.touch();
         Ok(())
     }
@@ -233,7 +241,7 @@ enum Step {
 /// are moved into, and the stream (1.2 KB with TLS) would be held twice by every idle connection.
 pub fn run<IO: ClientIo>(io: IO, cx: Arc<HttpConn>) -> impl Future<Output = Termination> + Send {
     if io.negotiated_h2() {
-        let io = Counted::new(io, cx.rec.clone(), Vec::new(), true);
+        let io = Counted::new(io, cx.rec.clone(), Vec::new(), true, !IO::WIRE_COUNTED);
         return Either::Left(Box::pin(super::h2front::serve(io, cx)));
     }
     Either::Right(serve_h1(Client { io, buf: Vec::new(), rec: cx.rec.clone() }, cx))
@@ -254,8 +262,8 @@ fn serve_h1<IO: ClientIo>(mut c: Client<IO>, cx: Arc<HttpConn>) -> impl Future<O
                 }
             }
             // Boxed: the state of one exchange must not size the idle connection's future.
-            let serving = crate::conn::InFlight::new(&cx.rec);
-            let step = Box::pin(exchange(&mut c, &mut kept, &cx)).await;
+            let mut serving = crate::conn::InFlight::pending(&cx.rec, &cx.sh.registry);
+            let step = Box::pin(exchange(&mut c, &mut kept, &cx, &mut serving)).await;
             drop(serving);
             match step {
                 Step::Next => {}
@@ -281,18 +289,24 @@ fn serve_h1<IO: ClientIo>(mut c: Client<IO>, cx: Arc<HttpConn>) -> impl Future<O
 fn to_hyper<IO: ClientIo>(c: Client<IO>, cx: Arc<HttpConn>) -> Pin<Box<dyn Future<Output = Termination> + Send>> {
     if c.buf.starts_with(b"PRI * HTTP/2.0") {
         // HTTP/2 with prior knowledge: the engine's HTTP/2 front end.
-        return Box::pin(super::h2front::serve(Counted::new(c.io, c.rec, c.buf, true), cx));
+        return Box::pin(super::h2front::serve(Counted::new(c.io, c.rec, c.buf, true, !IO::WIRE_COUNTED), cx));
     }
-    Box::pin(super::serve_hyper(Counted::new(c.io, c.rec, c.buf, false), cx))
+    Box::pin(super::serve_hyper(Counted::new(c.io, c.rec, c.buf, false, !IO::WIRE_COUNTED), cx))
 }
 
 /// One request and its response.
-async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx: &HttpConn) -> Step {
+async fn exchange<IO: ClientIo>(
+    c: &mut Client<IO>,
+    kept: &mut Option<Kept>,
+    cx: &HttpConn,
+    serving: &mut crate::conn::InFlight,
+) -> Step {
     let mut head_deadline = None;
     let (head_len, fw) = loop {
         match prepare(&c.buf, cx) {
             Parsed::Partial => {
                 if c.buf.len() >= MAX_HEAD {
+                    serving.is_request();
                     if c.reply_error(HttpError::HeadTooLarge, true).await.is_ok() {
                         c.linger().await;
                     }
@@ -316,6 +330,7 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
             }
             Parsed::Hyper => return Step::Hyper,
             Parsed::Reply { len, answer, close, malformed } => {
+                serving.is_request();
                 c.buf.drain(..len.min(c.buf.len()));
                 let sent = c.reply(*answer, close).await.is_ok();
                 if sent && close {
@@ -326,7 +341,10 @@ async fn exchange<IO: ClientIo>(c: &mut Client<IO>, kept: &mut Option<Kept>, cx:
                 }
                 return Step::Next;
             }
-            Parsed::Forward(len, fw) => break (len, fw),
+            Parsed::Forward(len, fw) => {
+                serving.is_request();
+                break (len, fw);
+            }
         }
     };
     let Forward { mut out, mut body, host, port, head_request, client_close, response_headers, wait } = *fw;

@@ -134,7 +134,7 @@ async fn stream(
         budget.reset();
         return;
     }
-    let _serving = crate::conn::InFlight::new(&cx.rec);
+    let _serving = crate::conn::InFlight::new(&cx.rec, &cx.sh.registry);
     let req = req.map(RequestBody);
     let answer = handle_inner(req, &cx, None);
     let mut answer = std::pin::pin!(answer);
@@ -240,7 +240,7 @@ mod size_tests {
     /// What every HTTP/2 connection holds besides its stream and h2's own state stays small.
     #[test]
     fn connection_state_stays_small() {
-        type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        type Tls = tokio_rustls::server::TlsStream<crate::tcp::Wire>;
         fn future_size<A, B, F: std::future::Future>(_: fn(A, B) -> F) -> usize {
             std::mem::size_of::<F>()
         }

@@ -164,8 +164,9 @@ where
     let served = b.serve_connection_with_upgrades(TokioIo::new(io), svc).await;
     if let Some(relay) = cx.take_upgraded() {
         // The server gave the connection up for an upgrade: it lives on as the relay (a request
-        // in flight until it closes: the HTTP idle timeouts do not apply to it).
-        let _serving = crate::conn::InFlight::new(&cx.rec);
+        // in flight until it closes: the HTTP idle timeouts do not apply to it; its request
+        // was counted when it came).
+        let _serving = crate::conn::InFlight::pending(&cx.rec, &cx.sh.registry);
         return relay.await;
     }
     match served {
@@ -218,7 +219,7 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 async fn handle(mut req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
-    let serving = crate::conn::InFlight::new(&cx.rec);
+    let serving = crate::conn::InFlight::new(&cx.rec, &cx.sh.registry);
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let resp = handle_inner(req, &cx, upgrade).await.unwrap_or_else(error_response);
     Ok(resp.map(|body| Serving { body, _serving: serving }.boxed()))
@@ -424,6 +425,9 @@ where
             Err(_) => return Err(HttpError::BackendTimeout),
             Ok(Err(e)) => {
                 cx.sh.debug(|| format!("backend {authority} failed: {e:?}"));
+                if e.is_connect() {
+                    cx.sh.registry.metrics.backend_connect_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 return Err(HttpError::from_client(&e));
             }
             Ok(Ok(r)) => {
@@ -495,11 +499,13 @@ struct Counted<IO> {
     pos: usize,
     batch: bool,
     held: bool,
+    /// Counts the bytes (false when the stream below counts them on the wire).
+    count: bool,
 }
 
 impl<IO> Counted<IO> {
-    fn new(inner: IO, rec: Arc<ConnRecord>, prefix: Vec<u8>, h2: bool) -> Self {
-        Counted { inner, rec, prefix, pos: 0, batch: h2, held: false }
+    fn new(inner: IO, rec: Arc<ConnRecord>, prefix: Vec<u8>, h2: bool, count: bool) -> Self {
+        Counted { inner, rec, prefix, pos: 0, batch: h2, held: false, count }
     }
 
     /// True when this write should wait one turn: the task is woken at once and, being the
@@ -531,7 +537,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.rec.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            if self.count {
+                self.rec.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
             self.rec.touch();
         }
         r
@@ -545,7 +553,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            self.rec.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            if self.count {
+                self.rec.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            }
             self.rec.touch();
         }
         r
@@ -561,7 +571,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
         }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            self.rec.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            if self.count {
+                self.rec.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            }
             self.rec.touch();
         }
         r
@@ -601,7 +613,7 @@ mod size_tests {
     #[test]
     fn idle_connection_state_stays_small() {
         use tokio::net::TcpStream;
-        type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+        type Tls = tokio_rustls::server::TlsStream<crate::tcp::Wire>;
         let stream = std::mem::size_of::<Tls>();
         let outer = future_size(serve::<Tls>);
         let inner = future_size2(h1::run::<Tls>);
@@ -638,7 +650,7 @@ mod counted_tests {
         let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut c = Counted::new(Vec::<u8>::new(), guard.rec.clone(), Vec::new(), true);
+        let mut c = Counted::new(Vec::<u8>::new(), guard.rec.clone(), Vec::new(), true, true);
         let mut c = Pin::new(&mut c);
         assert!(c.as_mut().poll_write(&mut cx, b"ab").is_pending());
         assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
@@ -651,7 +663,7 @@ mod counted_tests {
         assert_eq!(c.inner, b"abcdef");
         assert_eq!(guard.rec.bytes_out.load(Ordering::Relaxed), 6);
 
-        let mut plain = Counted::new(Vec::<u8>::new(), guard.rec.clone(), Vec::new(), false);
+        let mut plain = Counted::new(Vec::<u8>::new(), guard.rec.clone(), Vec::new(), false, true);
         assert!(matches!(Pin::new(&mut plain).poll_write(&mut cx, b"gh"), Poll::Ready(Ok(2))));
         assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
     }

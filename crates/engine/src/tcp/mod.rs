@@ -5,9 +5,11 @@ mod peek;
 mod relay;
 #[cfg(target_os = "linux")]
 mod splice;
+mod wire;
 
 pub use peek::{peek_initial, read_proxy_header, Initial, PeekError, ProxyHeaderError};
 pub use relay::{relay, RelayEnd};
+pub use wire::Wire;
 
 use socket2::{SockRef, TcpKeepalive};
 use std::time::Duration;

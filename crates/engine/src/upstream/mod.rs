@@ -95,6 +95,14 @@ pub enum ConnectFailure {
 
 /// Connects to a backend within `connectionTimeout`, with the proxy's socket options.
 pub async fn connect_tcp(sh: &EngineContext, host: &str, port: u16) -> Result<TcpStream, ConnectFailure> {
+    let r = connect_tcp_inner(sh, host, port).await;
+    if r.is_err() {
+        sh.registry.metrics.backend_connect_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    r
+}
+
+async fn connect_tcp_inner(sh: &EngineContext, host: &str, port: u16) -> Result<TcpStream, ConnectFailure> {
     match tokio::time::timeout(sh.options.connection_timeout, TcpStream::connect((host, port))).await {
         Err(_) => Err(ConnectFailure::Timeout),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(ConnectFailure::Refused),
