@@ -329,7 +329,7 @@ export interface ISmartProxyOptions {
   extendedKeepAliveLifetime?: number;
   useHttpProxy?: number[];
   httpProxyPort?: number;
-  metrics?: { enabled?: boolean; sampleIntervalMs?: number; retentionSeconds?: number };
+  metrics?: Partial<IMetricsConfig>;
   acme?: IAcmeOptions;
   certProvisionFunction?: (domain: string) => Promise<TSmartProxyCertProvisionObject>;
   certProvisionFallbackToAcme?: boolean;
@@ -459,6 +459,9 @@ export interface IMetricsConfig {
   enablePercentiles?: boolean;
   cacheResultsMs?: number;
   prometheusEnabled?: boolean;
+  /** The metrics listener's port (default 9090) and address (default 127.0.0.1). */
+  prometheusPort?: number;
+  prometheusHost?: string;
   prometheusPath?: string;
   prometheusPrefix?: string;
 }
@@ -576,6 +579,8 @@ export declare class SmartProxy extends EventEmitter {
   getListeningPorts(): number[];
   getStatistics(): ISmartProxyStatistics;
   getMetrics(): IMetrics;
+  /** The Prometheus text exposition (what the metrics listener serves at `prometheusPath`). */
+  getPrometheusMetrics(): string;
   provisionCertificate(routeName: string): Promise<void>;
   renewCertificate(routeName: string): Promise<void>;
   getCertificateStatus(routeName: string): ICertStatus | undefined;

@@ -243,6 +243,11 @@ class SmartProxy extends EventEmitter {
     };
   }
 
+  /** The Prometheus text exposition (what the metrics listener serves at `prometheusPath`). */
+  getPrometheusMetrics() {
+    return this._native.prometheusMetrics(this.settings.metrics.prometheusPrefix ?? 'smartproxy_');
+  }
+
   /** Domains of `certificate: 'auto'` routes that ACME HTTP-01 can serve (no wildcards, IPs or localhost). */
   getEligibleDomainsForCertificates() {
     const out = new Set();

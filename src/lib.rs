@@ -298,6 +298,12 @@ impl NativeProxy {
         })
     }
 
+    /// The Prometheus text exposition of the proxy's counters, metric names starting with `prefix`.
+    #[napi]
+    pub fn prometheus_metrics(&self, prefix: String) -> String {
+        engine::status::prometheus::render(&self.inner.view(), &prefix)
+    }
+
     /// Connection counters and per-route / per-IP breakdowns, as a plain object.
     #[napi]
     pub fn get_statistics(&self) -> Value {

@@ -12,7 +12,7 @@ export interface Peer {
   close: () => Promise<void>;
 }
 
-function ensureInstalled(binary: string, pkg: string): void {
+export function ensureInstalled(binary: string, pkg: string): void {
   if (existsSync(binary)) return;
   try {
     execFileSync('apt-get', ['install', '-y', '-qq', pkg], { stdio: 'ignore', timeout: 300_000 });

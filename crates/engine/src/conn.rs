@@ -171,6 +171,9 @@ pub struct InFlight {
     registry: Arc<Registry>,
     started: Instant,
     request: bool,
+    /// The answer's status (0: none yet) and the route that forwarded it.
+    status: u16,
+    route: Option<Arc<CompiledRoute>>,
 }
 
 impl InFlight {
@@ -184,7 +187,24 @@ impl InFlight {
     /// Bytes of a connection being read that may turn out to be a request ([`Self::is_request`]).
     pub fn pending(rec: &Arc<ConnRecord>, registry: &Arc<Registry>) -> Self {
         rec.http_in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { rec: rec.clone(), registry: registry.clone(), started: Instant::now(), request: false }
+        InFlight {
+            rec: rec.clone(),
+            registry: registry.clone(),
+            started: Instant::now(),
+            request: false,
+            status: 0,
+            route: None,
+        }
+    }
+
+    /// The status the client gets.
+    pub fn set_status(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// The route that forwards the request.
+    pub fn set_route(&mut self, route: Option<Arc<CompiledRoute>>) {
+        self.route = route;
     }
 
     /// They are a request: it counts in the metrics (once).
@@ -202,7 +222,15 @@ impl Drop for InFlight {
         rec.http_served.store(true, Ordering::Relaxed);
         rec.http_in_flight.fetch_sub(1, Ordering::Relaxed);
         if self.request {
-            self.registry.metrics.request_duration_us.record(self.started.elapsed().as_micros() as u64);
+            let m = &self.registry.metrics;
+            m.request_duration_us.record(self.started.elapsed().as_micros() as u64);
+            let by_class = match &self.route {
+                Some(r) => &r.state.http_status,
+                None => &m.unrouted_status,
+            };
+            if let Some(c) = crate::metrics::status_class(self.status) {
+                by_class[c].fetch_add(1, Ordering::Relaxed);
+            }
         }
         // Idle from now on: the keep-alive timeout counts from the end of the answer.
         rec.touch();

@@ -28,6 +28,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod snapshot;
 pub mod state;
+pub mod status;
 pub mod tcp;
 #[cfg(test)]
 mod testutil;

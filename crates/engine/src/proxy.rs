@@ -137,10 +137,10 @@ pub struct Proxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
     lifecycle: tokio::sync::Mutex<Option<Running>>,
     /// Mirror of the bound ports for synchronous readers (cold: written by lifecycle operations).
-    port_view: Mutex<Vec<u16>>,
+    port_view: Arc<Mutex<Vec<u16>>>,
     /// The running ACME state, for status readers that must not wait for a lifecycle operation
     /// (cold: set by `start`, cleared by `stop`).
-    acme_view: Mutex<Option<Arc<crate::acme::Acme>>>,
+    acme_view: Arc<Mutex<Option<Arc<crate::acme::Acme>>>>,
 }
 
 impl Proxy {
@@ -151,8 +151,8 @@ impl Proxy {
             registry: Arc::new(Registry::default()),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             lifecycle: tokio::sync::Mutex::new(None),
-            port_view: Mutex::new(Vec::new()),
-            acme_view: Mutex::new(None),
+            port_view: Arc::default(),
+            acme_view: Arc::default(),
         }
     }
 
@@ -211,6 +211,19 @@ impl Proxy {
             tracker: TaskTracker::new(),
         });
         let mut run = Running { rt: Some(rt), shared, ports: BTreeMap::new() };
+        // The metrics listener is bound first: a port in use fails `start()` before anything else.
+        let m = &run.shared.options.metrics;
+        let status =
+            match m.prometheus_enabled.then(|| crate::status::server::bind(&m.prometheus_host, m.prometheus_port)) {
+                Some(Err(source)) => {
+                    run.shared.shutdown.cancel();
+                    let port = m.prometheus_port;
+                    Self::shutdown_runtime(run).await;
+                    return Err(EngineError::Bind { port, source });
+                }
+                Some(Ok(l)) => Some(l),
+                None => None,
+            };
         let built = Snapshot::build(routes, &run.shared.options, &run.shared.route_states, &run.shared.tls);
         let applied = match built {
             Ok(snap) => {
@@ -233,6 +246,13 @@ impl Proxy {
         let shutdown = run.shared.shutdown.clone();
         let m = &run.shared.options.metrics;
         registry.metrics.configure(m.enabled, m.retention_seconds);
+        if let (Some(rt), Some(listener)) = (&run.rt, status) {
+            let settings = crate::status::server::Settings {
+                path: m.prometheus_path.clone(),
+                prefix: m.prometheus_prefix.clone(),
+            };
+            rt.spawn(crate::status::server::serve(listener, self.view(), settings, shutdown.clone()));
+        }
         if let Some(rt) = &run.rt {
             rt.spawn(async move {
                 let mut prune = tokio::time::interval(PRUNE_INTERVAL);
@@ -337,31 +357,17 @@ impl Proxy {
     /// The status of a route's certificate: an `'auto'` route's from ACME, a configured
     /// certificate's from its X.509 validity. `None`: no running route of that name terminates TLS.
     pub fn certificate_status(&self, route: &str) -> Option<CertificateStatus> {
-        let acme = self.acme_view.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
-        if let Some(s) = acme.status(route) {
-            return Some(CertificateStatus {
-                domain: s.domain,
-                status: s.state.as_str(),
-                issued_ms: s.issued_ms,
-                expires_ms: s.expires_ms,
-                source: s.source,
-                error: s.error,
-            });
+        self.view().certificate_status(route)
+    }
+
+    /// What the status listener and `getPrometheusMetrics()` read: shared handles, no lock held.
+    pub fn view(&self) -> crate::status::View {
+        crate::status::View {
+            registry: self.registry.clone(),
+            snapshot: self.snapshot.clone(),
+            acme: self.acme_view.clone(),
+            ports: self.port_view.clone(),
         }
-        let snap = self.snapshot.load();
-        let r = snap.table.routes().iter().find(|r| &*r.name == route)?;
-        let key = r.forward().tls.as_ref()?.certificate.as_ref()?;
-        let (issued, expires) = crate::tls::validity_of(key.cert.first()?).ok()?;
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        Some(CertificateStatus {
-            domain: r.route.domains.first().map(|d| d.as_str().to_owned()).unwrap_or_default(),
-            status: if expires <= now { "expired" } else { "valid" },
-            issued_ms: Some(issued),
-            expires_ms: Some(expires),
-            source: "static".into(),
-            error: None,
-        })
     }
 
     /// Orders the certificate of an `'auto'` route now (`provisionCertificate` /

@@ -35,6 +35,8 @@ pub struct RouteState {
     pub balance_cursor: AtomicUsize,
     /// The route's own backend clients, when it verifies backend certificates.
     pub backends: Option<Arc<Backends>>,
+    /// HTTP answers by status class (1xx..5xx) since this state was made (Prometheus).
+    pub http_status: [std::sync::atomic::AtomicU64; 5],
 }
 
 impl std::fmt::Debug for RouteState {

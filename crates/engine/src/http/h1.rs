@@ -110,6 +110,8 @@ struct Client<IO> {
     io: IO,
     buf: Vec<u8>,
     rec: Arc<ConnRecord>,
+    /// The status of the last answer sent (metrics).
+    status: u16,
 }
 
 impl<IO: ClientIo> Client<IO> {
@@ -142,6 +144,7 @@ impl<IO: ClientIo> Client<IO> {
     /// A response made here (an error, a refusal, a synthetic answer), with
     /// `connection: close` when `close`.
     async fn reply(&mut self, a: Answer, close: bool) -> io::Result<()> {
+        self.status = a.status.as_u16();
         let mut out = Vec::with_capacity(160 + a.body.len());
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(a.status.as_str().as_bytes());
@@ -211,6 +214,8 @@ struct Forward {
     response_headers: Vec<(HeaderName, HeaderValue)>,
     /// How long the backend may take to start its response.
     wait: Duration,
+    /// The route that forwards it (metrics).
+    route: Option<Arc<crate::matching::CompiledRoute>>,
 }
 
 enum Parsed {
@@ -244,7 +249,7 @@ pub fn run<IO: ClientIo>(io: IO, cx: Arc<HttpConn>) -> impl Future<Output = Term
         let io = Counted::new(io, cx.rec.clone(), Vec::new(), true, !IO::WIRE_COUNTED);
         return Either::Left(Box::pin(super::h2front::serve(io, cx)));
     }
-    Either::Right(serve_h1(Client { io, buf: Vec::new(), rec: cx.rec.clone() }, cx))
+    Either::Right(serve_h1(Client { io, buf: Vec::new(), rec: cx.rec.clone(), status: 0 }, cx))
 }
 
 /// Not an `async fn`: an async fn stores its arguments twice (as captured and as locals).
@@ -263,7 +268,9 @@ fn serve_h1<IO: ClientIo>(mut c: Client<IO>, cx: Arc<HttpConn>) -> impl Future<O
             }
             // Boxed: the state of one exchange must not size the idle connection's future.
             let mut serving = crate::conn::InFlight::pending(&cx.rec, &cx.sh.registry);
+            c.status = 0;
             let step = Box::pin(exchange(&mut c, &mut kept, &cx, &mut serving)).await;
+            serving.set_status(c.status);
             drop(serving);
             match step {
                 Step::Next => {}
@@ -347,7 +354,8 @@ async fn exchange<IO: ClientIo>(
             }
         }
     };
-    let Forward { mut out, mut body, host, port, head_request, client_close, response_headers, wait } = *fw;
+    let Forward { mut out, mut body, host, port, head_request, client_close, response_headers, wait, route } = *fw;
+    serving.set_route(route);
     c.buf.drain(..head_len);
     // The body bytes that came with the head go out with it.
     let Ok(k) = body.take(&c.buf) else {
@@ -424,6 +432,7 @@ async fn exchange<IO: ClientIo>(
         }
         bbuf.drain(..h.len);
     };
+    c.status = resp.code;
     let close_client = client_close || early || resp.framing == Framing::UntilClose;
     let mut head = client_head(&bbuf, &resp, &response_headers, close_client);
     let RespHead { len, mut framing, mut backend_keep, .. } = resp;
@@ -800,6 +809,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     out.extend_from_slice(b"\r\n");
 
     let wait = routed.wait();
+    let route = routed.route.clone();
     let SelectedTarget { host: target_host, port: target_port, .. } = routed.target;
     Parsed::Forward(
         len,
@@ -812,6 +822,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
             client_close: close,
             response_headers: edits.response,
             wait,
+            route,
         }),
     )
 }

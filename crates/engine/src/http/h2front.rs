@@ -134,26 +134,32 @@ async fn stream(
         budget.reset();
         return;
     }
-    let _serving = crate::conn::InFlight::new(&cx.rec, &cx.sh.registry);
+    let mut serving = crate::conn::InFlight::new(&cx.rec, &cx.sh.registry);
     let req = req.map(RequestBody);
-    let answer = handle_inner(req, &cx, None);
-    let mut answer = std::pin::pin!(answer);
-    // A stream the client resets ends here, dropping the request (and its backend connection).
-    let resp = poll_fn(|tcx| {
-        if let Poll::Ready(r) = answer.as_mut().poll(tcx) {
-            return Poll::Ready(Some(r));
-        }
-        match respond.poll_reset(tcx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    })
-    .await;
+    let mut route = None;
+    // In a block: the request's future (and its borrow of `route`) ends with it.
+    let resp = {
+        let answer = handle_inner(req, &cx, None, &mut route);
+        let mut answer = std::pin::pin!(answer);
+        // A stream the client resets ends here, dropping the request (and its backend connection).
+        poll_fn(|tcx| {
+            if let Poll::Ready(r) = answer.as_mut().poll(tcx) {
+                return Poll::Ready(Some(r));
+            }
+            match respond.poll_reset(tcx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    };
     let Some(resp) = resp else {
         budget.reset();
         return;
     };
     let (mut head, body) = resp.unwrap_or_else(error_response).into_parts();
+    serving.set_route(route.take());
+    serving.set_status(head.status.as_u16());
     // HTTP/1.1 backends and route header templates may still name connection-specific fields.
     headers::strip_connection_specific(&mut head.headers);
     if !head.headers.contains_key(header::DATE) {

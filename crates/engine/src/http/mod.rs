@@ -219,9 +219,12 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 async fn handle(mut req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
-    let serving = crate::conn::InFlight::new(&cx.rec, &cx.sh.registry);
+    let mut serving = crate::conn::InFlight::new(&cx.rec, &cx.sh.registry);
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let resp = handle_inner(req, &cx, upgrade).await.unwrap_or_else(error_response);
+    let mut route = None;
+    let resp = handle_inner(req, &cx, upgrade, &mut route).await.unwrap_or_else(error_response);
+    serving.set_route(route);
+    serving.set_status(resp.status().as_u16());
     Ok(resp.map(|body| Serving { body, _serving: serving }.boxed()))
 }
 
@@ -258,6 +261,7 @@ async fn handle_inner<B>(
     mut req: Request<B>,
     cx: &HttpConn,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    route_out: &mut Option<Arc<crate::matching::CompiledRoute>>,
 ) -> Result<Response<ProxyBody>, HttpError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
@@ -290,6 +294,7 @@ where
         Outcome::Answer(a) => return Ok(answer_response(a)),
         Outcome::Forward(r) => r,
     };
+    route_out.clone_from(&routed.route);
     if routed.needs_js() {
         let route = routed.route.as_deref();
         let context = crate::js::RouteContext {

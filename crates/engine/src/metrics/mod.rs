@@ -94,6 +94,8 @@ struct State {
     routes: HashMap<Arc<str>, Series>,
     /// Bytes per route since the proxy object was made (Prometheus counters).
     route_totals: HashMap<Arc<str>, (u64, u64)>,
+    /// Closed connections per route since the proxy object was made.
+    route_connections: HashMap<Arc<str>, u64>,
     ips: HashMap<IpAddr, Series>,
     other_ips: Series,
     closed: Closed,
@@ -116,6 +118,8 @@ pub struct Metrics {
     pub tls_handshakes: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
     pub backend_connect_errors: AtomicU64,
+    /// HTTP answers by status class of requests no route forwarded (refusals, errors).
+    pub unrouted_status: [AtomicU64; 5],
     state: Mutex<State>,
 }
 
@@ -132,9 +136,15 @@ impl Default for Metrics {
             tls_handshakes: AtomicU64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             backend_connect_errors: AtomicU64::new(0),
+            unrouted_status: Default::default(),
             state: Mutex::new(State::default()),
         }
     }
+}
+
+/// The index of a status class (`1xx` → 0 … `5xx` → 4).
+pub fn status_class(status: u16) -> Option<usize> {
+    (100..600).contains(&status).then(|| usize::from(status / 100 - 1))
 }
 
 pub fn now_ms() -> u64 {
@@ -178,15 +188,19 @@ impl Metrics {
         self.conn_bytes_in.record(rec.bytes_in.load(Ordering::Relaxed));
         self.conn_bytes_out.record(rec.bytes_out.load(Ordering::Relaxed));
         let (i, o) = take_delta(rec);
+        let route = rec.route_name_arc();
+        let mut st = self.lock();
+        if let Some(r) = &route {
+            *st.route_connections.entry(r.clone()).or_default() += 1;
+        }
         if i == 0 && o == 0 {
             return;
         }
-        let mut st = self.lock();
         let c = &mut st.closed;
         c.bytes_in += i;
         c.bytes_out += o;
-        if let Some(r) = rec.route_name_arc() {
-            let e = c.by_route.entry(r).or_default();
+        {
+            let e = c.by_route.entry(route.unwrap_or_else(|| Arc::from(""))).or_default();
             e.0 += i;
             e.1 += o;
         }
@@ -225,11 +239,16 @@ impl Metrics {
             requests: requests - st.requests_seen.min(requests),
         };
         st.requests_seen = requests;
-        let add = |st: &mut State, route: Option<Arc<str>>, ip: Option<IpAddr>, i: u64, o: u64| {
-            if let Some(r) = route {
-                let t = st.route_totals.entry(r.clone()).or_default();
-                t.0 += i;
-                t.1 += o;
+        let unrouted: Arc<str> = Arc::from("");
+        // Totals by route count every byte once (connections without a route under ""); series
+        // exist for routes and addresses.
+        let total = |st: &mut State, route: &Option<Arc<str>>, i: u64, o: u64| {
+            let t = st.route_totals.entry(route.clone().unwrap_or_else(|| unrouted.clone())).or_default();
+            t.0 += i;
+            t.1 += o;
+        };
+        let series = |st: &mut State, route: Option<Arc<str>>, ip: Option<IpAddr>, i: u64, o: u64| {
+            if let Some(r) = route.filter(|r| !r.is_empty()) {
                 st.routes.entry(r).or_default().add(sec, i, o);
             }
             if let Some(ip) = ip {
@@ -243,15 +262,18 @@ impl Metrics {
             }
         };
         for (r, (i, o)) in closed.by_route {
-            add(st, Some(r), None, i, o);
+            let r = Some(r);
+            total(st, &r, i, o);
+            series(st, r, None, i, o);
         }
         for (ip, (i, o)) in closed.by_ip {
-            add(st, None, Some(ip), i, o);
+            series(st, None, Some(ip), i, o);
         }
         for (r, ip, i, o) in live {
             sample.bytes_in += i;
             sample.bytes_out += o;
-            add(st, r, Some(ip), i, o);
+            total(st, &r, i, o);
+            series(st, r, Some(ip), i, o);
         }
         st.samples.push_back(sample);
         while st.samples.len() > retention {
@@ -324,9 +346,15 @@ impl Metrics {
         out
     }
 
-    /// Bytes per route since the proxy object was made (sampled once a second).
+    /// Bytes per route since the proxy object was made (sampled once a second); connections
+    /// without a route under "".
     pub fn route_totals(&self) -> Vec<(Arc<str>, u64, u64)> {
         self.lock().route_totals.iter().map(|(r, (i, o))| (r.clone(), *i, *o)).collect()
+    }
+
+    /// Closed connections per route since the proxy object was made.
+    pub fn route_connections(&self) -> HashMap<Arc<str>, u64> {
+        self.lock().route_connections.clone()
     }
 
     /// Addresses with a series of their own, and whether some were summed as others (tests).
