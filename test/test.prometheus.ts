@@ -6,6 +6,9 @@ import { tap, expect } from '@git.zone/tstest/tapbundle';
 import { spawnSync } from 'node:child_process';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { SmartProxy } from '../index.js';
 import * as h from './helpers.js';
 import { ensureInstalled } from './peers.js';
@@ -108,6 +111,40 @@ tap.test('/status.json and the status page document', async () => {
   expect(page.body.includes('/status.json')).toBeTrue();
   expect(page.body.includes('http://')).toBeFalse();
   expect((await get(ports.metrics, '/nope')).status).toEqual(404);
+});
+
+/** Chromium, headless, on `url`: the DOM after the page's scripts ran (or a screenshot). */
+function chromium(url: string, extra: string[]): string {
+  const profile = mkdtempSync(join(tmpdir(), 'spn-chromium-'));
+  try {
+    const r = spawnSync(
+      'chromium',
+      ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run', '--disable-background-networking',
+        '--disable-component-update', '--disable-sync', `--user-data-dir=${profile}`, '--virtual-time-budget=4000', ...extra, url],
+      { encoding: 'utf8', timeout: 60_000 },
+    );
+    return r.stdout;
+  } finally {
+    rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+tap.test('the status page in a real headless browser shows the proxy\'s numbers', async () => {
+  ensureInstalled('/usr/bin/chromium', 'chromium');
+  const m = proxy.getMetrics();
+  const dom = chromium(`http://${h.HOST}:${ports.metrics}/`, ['--dump-dom']);
+  const text = (id: string) => new RegExp(`id="${id}">([^<]*)<`).exec(dom)?.[1];
+  expect(dom.includes('data-loaded=')).toBeTrue();
+  // No traffic since the last test: the totals the page shows are the proxy's.
+  expect(text('total')).toEqual(String(m.connections.total()));
+  expect(text('requests')).toEqual(String(m.requests.total()));
+  expect(text('active')).toEqual('0');
+  expect(text('listeners')).toEqual([ports.web, ports.tls, ports.l4].sort((a, b) => a - b).join(', '));
+  for (const name of ['web', 'dead', 'secure', 'l4']) expect(dom.includes(`<td>${name}</td>`)).toBeTrue();
+  expect(dom.includes('<td>prom.test</td>')).toBeTrue(); // the certificate's domain
+  if (process.env.STATUS_SCREENSHOT) {
+    chromium(`http://${h.HOST}:${ports.metrics}/`, [`--screenshot=${process.env.STATUS_SCREENSHOT}`, '--window-size=1100,1150']);
+  }
 });
 
 tap.test('a taken metrics port fails start() with the port named; the other proxy goes on', async () => {
