@@ -41,6 +41,8 @@ export declare class NativeProxy {
    * `byIP` (windows of `seconds`), `requests`, `percentiles`.
    */
   metrics(query: string, seconds: number): any
+  /** The access log reopens its file (log rotation). */
+  reopenLogs(): void
   /** The Prometheus text exposition of the proxy's counters, metric names starting with `prefix`. */
   prometheusMetrics(prefix: string): string
   /** Connection counters and per-route / per-IP breakdowns, as a plain object. */

@@ -330,6 +330,8 @@ export interface ISmartProxyOptions {
   useHttpProxy?: number[];
   httpProxyPort?: number;
   metrics?: Partial<IMetricsConfig>;
+  /** One line per HTTP request and per layer-4 connection, written in the background. */
+  accessLog?: { enabled?: boolean; path?: string; format?: 'json' | 'combined' };
   acme?: IAcmeOptions;
   certProvisionFunction?: (domain: string) => Promise<TSmartProxyCertProvisionObject>;
   certProvisionFallbackToAcme?: boolean;
@@ -581,6 +583,8 @@ export declare class SmartProxy extends EventEmitter {
   getMetrics(): IMetrics;
   /** The Prometheus text exposition (what the metrics listener serves at `prometheusPath`). */
   getPrometheusMetrics(): string;
+  /** The access log reopens its file (call after a log rotation moved it away). */
+  reopenLogs(): void;
   provisionCertificate(routeName: string): Promise<void>;
   renewCertificate(routeName: string): Promise<void>;
   getCertificateStatus(routeName: string): ICertStatus | undefined;

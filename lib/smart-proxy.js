@@ -243,6 +243,11 @@ class SmartProxy extends EventEmitter {
     };
   }
 
+  /** The access log reopens its file (call after a log rotation moved it away). */
+  reopenLogs() {
+    this._native.reopenLogs();
+  }
+
   /** The Prometheus text exposition (what the metrics listener serves at `prometheusPath`). */
   getPrometheusMetrics() {
     return this._native.prometheusMetrics(this.settings.metrics.prometheusPrefix ?? 'smartproxy_');

@@ -298,6 +298,12 @@ impl NativeProxy {
         })
     }
 
+    /// The access log reopens its file (log rotation).
+    #[napi]
+    pub fn reopen_logs(&self) {
+        self.inner.reopen_logs();
+    }
+
     /// The Prometheus text exposition of the proxy's counters, metric names starting with `prefix`.
     #[napi]
     pub fn prometheus_metrics(&self, prefix: String) -> String {

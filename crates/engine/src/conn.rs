@@ -153,6 +153,9 @@ pub struct ConnRecord {
     /// HTTP requests of this connection being served now (an upgraded one counts until it
     /// closes): while none is, the HTTP idle timeouts apply.
     pub http_in_flight: AtomicU32,
+    /// The HTTP layer serves this connection (its requests get access-log lines, not the
+    /// connection).
+    pub http: AtomicBool,
     /// Some HTTP request of this connection was answered (the keep-alive timeout applies
     /// between requests; before the first, the first-request timeout).
     pub http_served: AtomicBool,
@@ -174,6 +177,10 @@ pub struct InFlight {
     /// The answer's status (0: none yet) and the route that forwarded it.
     status: u16,
     route: Option<Arc<CompiledRoute>>,
+    /// What the access log says about it (only while the log is on), and the connection's
+    /// byte counts when it started.
+    info: Option<Box<crate::access_log::HttpInfo>>,
+    bytes_at_start: (u64, u64),
 }
 
 impl InFlight {
@@ -194,6 +201,8 @@ impl InFlight {
             request: false,
             status: 0,
             route: None,
+            info: None,
+            bytes_at_start: (0, 0),
         }
     }
 
@@ -205,6 +214,21 @@ impl InFlight {
     /// The route that forwards the request.
     pub fn set_route(&mut self, route: Option<Arc<CompiledRoute>>) {
         self.route = route;
+    }
+
+    /// Whether the access log wants [`Self::describe`] (only then is it worth building).
+    pub fn logging(&self) -> bool {
+        self.registry.access_log.load().is_some()
+    }
+
+    /// What the access log line says about the request; `read_ahead`: bytes of it the
+    /// connection already read (its head, when the front end parsed it itself).
+    pub fn describe(&mut self, info: crate::access_log::HttpInfo, read_ahead: u64) {
+        self.bytes_at_start = (
+            self.rec.bytes_in.load(Ordering::Relaxed).saturating_sub(read_ahead),
+            self.rec.bytes_out.load(Ordering::Relaxed),
+        );
+        self.info = Some(Box::new(info));
     }
 
     /// They are a request: it counts in the metrics (once).
@@ -230,6 +254,18 @@ impl Drop for InFlight {
             };
             if let Some(c) = crate::metrics::status_class(self.status) {
                 by_class[c].fetch_add(1, Ordering::Relaxed);
+            }
+            if let (Some(info), Some(log)) = (&self.info, &*self.registry.access_log.load()) {
+                let (i0, o0) = self.bytes_at_start;
+                log.http(
+                    rec.client_ip,
+                    self.route.as_ref().map(|r| &*r.name),
+                    info,
+                    self.status,
+                    rec.bytes_in.load(Ordering::Relaxed).saturating_sub(i0),
+                    rec.bytes_out.load(Ordering::Relaxed).saturating_sub(o0),
+                    self.started.elapsed(),
+                );
             }
         }
         // Idle from now on: the keep-alive timeout counts from the end of the answer.
@@ -297,6 +333,8 @@ pub struct Registry {
     outgoing: [AtomicU64; Termination::ALL.len()],
     /// Traffic samples and histograms (fed by the connections of this registry).
     pub metrics: crate::metrics::Metrics,
+    /// The access log of the running proxy, when `accessLog` is on.
+    pub access_log: arc_swap::ArcSwapOption<crate::access_log::AccessLog>,
 }
 
 /// A snapshot for `getStatistics()` and metrics.
@@ -365,6 +403,7 @@ impl Registry {
             keep_alive: AtomicBool::new(false),
             http_in_flight: AtomicU32::new(0),
             http_served: AtomicBool::new(false),
+            http: AtomicBool::new(false),
             route: OnceLock::new(),
             route_name: OnceLock::new(),
             target: OnceLock::new(),
@@ -501,6 +540,20 @@ impl Drop for ConnGuard {
         r.conns.remove(&self.rec.id);
         r.live.fetch_sub(1, Ordering::Relaxed);
         r.metrics.close(&self.rec);
+        if !self.rec.http.load(Ordering::Relaxed) {
+            if let Some(log) = &*r.access_log.load() {
+                let rec = &self.rec;
+                log.connection(
+                    rec.client_ip,
+                    rec.route_name(),
+                    rec.target().map(|(h, p)| format!("{h}:{p}")),
+                    rec.bytes_in.load(Ordering::Relaxed),
+                    rec.bytes_out.load(Ordering::Relaxed),
+                    rec.started.elapsed(),
+                    self.reason.unwrap_or(Termination::ClientClosed).as_str(),
+                );
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! and maps errors; it owns no proxy logic. `docs/architecture.md` walks through it all.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod acme;
 pub mod config;
 pub mod conn;

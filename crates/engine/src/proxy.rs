@@ -246,6 +246,15 @@ impl Proxy {
         let shutdown = run.shared.shutdown.clone();
         let m = &run.shared.options.metrics;
         registry.metrics.configure(m.enabled, m.retention_seconds);
+        if let Some(a) = &run.shared.options.access_log {
+            match crate::access_log::AccessLog::start(a, self.events.clone()) {
+                Ok(log) => registry.access_log.store(Some(Arc::new(log))),
+                Err(e) => self.events.emit(Event::Log {
+                    level: crate::events::LogLevel::Error,
+                    message: format!("access log: cannot start its writer: {e}"),
+                }),
+            }
+        }
         if let (Some(rt), Some(listener)) = (&run.rt, status) {
             let settings = crate::status::server::Settings {
                 path: m.prometheus_path.clone(),
@@ -444,6 +453,13 @@ impl Proxy {
         self.lifecycle.try_lock().map_or(true, |g| g.is_some())
     }
 
+    /// Makes the access log reopen its file (after a rotation moved it away).
+    pub fn reopen_logs(&self) {
+        if let Some(log) = &*self.registry.access_log.load() {
+            log.reopen();
+        }
+    }
+
     /// Traffic samples, histograms and counters (kept across `stop`/`start`).
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.registry.metrics
@@ -468,6 +484,8 @@ impl Proxy {
         *self.port_view.lock().unwrap_or_else(|p| p.into_inner()) = Vec::new();
         *self.acme_view.lock().unwrap_or_else(|p| p.into_inner()) = None;
         run.shared.shutdown.cancel();
+        // The writer drains its queue and ends once the last connection let go of it.
+        self.registry.access_log.store(None);
         run.shared.tracker.close();
         let grace = run.shared.options.graceful_shutdown_timeout;
         if tokio::time::timeout(grace, run.shared.tracker.wait()).await.is_err() {

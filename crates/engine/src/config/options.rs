@@ -75,6 +75,8 @@ pub struct ProxyOptions {
     pub acme: Option<AcmeOptions>,
     /// `metrics`: sampling and the Prometheus / status listener.
     pub metrics: MetricsOptions,
+    /// `accessLog`, when enabled.
+    pub access_log: Option<crate::access_log::AccessLogOptions>,
     /// `certProvisionFunction`: the JavaScript function (bridge id) asked first for the
     /// certificate of an `'auto'` route.
     pub cert_provision_fn: Option<u32>,
@@ -128,6 +130,7 @@ impl Default for ProxyOptions {
             tls_session_resumption: true,
             acme: None,
             metrics: MetricsOptions::default(),
+            access_log: None,
             cert_provision_fn: None,
             cert_provision_fallback_to_acme: true,
             proxy_ips: Vec::new(),
@@ -329,6 +332,25 @@ impl Default for MetricsOptions {
     }
 }
 
+/// `accessLog: { enabled, path ('-': standard output), format: 'json' | 'combined' }`.
+fn parse_access_log(at: At) -> CResult<Option<crate::access_log::AccessLogOptions>> {
+    use crate::access_log::{AccessLogOptions, Format};
+    at.obj()?;
+    let enabled = opt(at, "enabled", |a| a.bool())?.unwrap_or(true);
+    let path = opt(at, "path", |a| a.str().map(str::to_owned))?.unwrap_or_else(|| "-".into());
+    if path.is_empty() {
+        return Err(ConfigError::Invalid("accessLog.path: a file path, or '-' for standard output".into()));
+    }
+    let format = match opt(at, "format", |a| a.str().map(str::to_owned))?.as_deref() {
+        None | Some("json") => Format::Json,
+        Some("combined") => Format::Combined,
+        Some(other) => {
+            return Err(ConfigError::Invalid(format!("accessLog.format: 'json' or 'combined', got {other:?}")))
+        }
+    };
+    Ok(enabled.then_some(AccessLogOptions { path, format }))
+}
+
 /// The longest `metrics.retentionSeconds` (a week of per-second samples, 32 bytes each).
 const MAX_RETENTION: u64 = 7 * 24 * 3600;
 
@@ -400,6 +422,9 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
         read_table(at, &mut o)?;
         if let Some(a) = at.get("acme") {
             o.acme = Some(parse_acme_options(At::new(a, "acme"))?);
+        }
+        if let Some(a) = at.get("accessLog").filter(|v| !v.is_null()) {
+            o.access_log = parse_access_log(At::new(a, "accessLog"))?;
         }
         if let Some(m) = at.get("metrics").filter(|v| !v.is_null()) {
             o.metrics = parse_metrics_options(At::new(m, "metrics"))?;

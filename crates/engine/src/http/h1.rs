@@ -216,6 +216,8 @@ struct Forward {
     wait: Duration,
     /// The route that forwards it (metrics).
     route: Option<Arc<crate::matching::CompiledRoute>>,
+    /// The access log's view of the request (while the log is on).
+    info: Option<Box<crate::access_log::HttpInfo>>,
 }
 
 enum Parsed {
@@ -230,6 +232,8 @@ enum Parsed {
         answer: Box<Answer>,
         close: bool,
         malformed: bool,
+        /// The access log's view of the request (while the log is on).
+        info: Option<Box<crate::access_log::HttpInfo>>,
     },
     Forward(usize, Box<Forward>),
 }
@@ -336,8 +340,11 @@ async fn exchange<IO: ClientIo>(
                 }
             }
             Parsed::Hyper => return Step::Hyper,
-            Parsed::Reply { len, answer, close, malformed } => {
+            Parsed::Reply { len, answer, close, malformed, info } => {
                 serving.is_request();
+                if let Some(i) = info {
+                    serving.describe(*i, c.buf.len() as u64);
+                }
                 c.buf.drain(..len.min(c.buf.len()));
                 let sent = c.reply(*answer, close).await.is_ok();
                 if sent && close {
@@ -354,8 +361,12 @@ async fn exchange<IO: ClientIo>(
             }
         }
     };
-    let Forward { mut out, mut body, host, port, head_request, client_close, response_headers, wait, route } = *fw;
+    let Forward { mut out, mut body, host, port, head_request, client_close, response_headers, wait, route, info } =
+        *fw;
     serving.set_route(route);
+    if let Some(i) = info {
+        serving.describe(*i, c.buf.len() as u64);
+    }
     c.buf.drain(..head_len);
     // The body bytes that came with the head go out with it.
     let Ok(k) = body.take(&c.buf) else {
@@ -735,12 +746,30 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
         Scanned::Partial => return Parsed::Partial,
         Scanned::Hyper => return Parsed::Hyper,
         Scanned::Malformed(len, e) => {
-            return Parsed::Reply { len, answer: Box::new(e.into()), close: true, malformed: true };
+            return Parsed::Reply { len, answer: Box::new(e.into()), close: true, malformed: true, info: None };
         }
         Scanned::Head(h) => h,
     };
     let ReqHead { len, method, target, headers: fields, host, body, close, has_connection, xff_count } = head;
     let has_body = body != Framing::None;
+    // The access log's view, built only while the log is on.
+    let mut info = cx.sh.registry.access_log.load().is_some().then(|| {
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                .unwrap_or_default()
+        };
+        Box::new(crate::access_log::HttpInfo {
+            method: method.to_owned(),
+            path: target.to_owned(),
+            host: host.to_owned(),
+            referer: field("referer"),
+            user_agent: field("user-agent"),
+            backend: None,
+        })
+    });
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
@@ -752,11 +781,12 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
         return Parsed::Hyper;
     }
     let snap = cx.sh.snapshot.load();
-    let answer = |a: Answer| Parsed::Reply { len, answer: Box::new(a), close: has_body || close, malformed: false };
+    let answer =
+        |a: Answer, info| Parsed::Reply { len, answer: Box::new(a), close: has_body || close, malformed: false, info };
     let routed = match plan::plan(&snap, cx, &facts) {
         Ok(Outcome::Forward(r)) => r,
-        Ok(Outcome::Answer(a)) => return answer(a),
-        Err(e) => return answer(e.into()),
+        Ok(Outcome::Answer(a)) => return answer(a, info),
+        Err(e) => return answer(e.into(), info),
     };
     if needs_hyper(&routed, cx) {
         return Parsed::Hyper;
@@ -811,6 +841,9 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
     let wait = routed.wait();
     let route = routed.route.clone();
     let SelectedTarget { host: target_host, port: target_port, .. } = routed.target;
+    if let Some(i) = &mut info {
+        i.backend = Some(format!("{target_host}:{target_port}"));
+    }
     Parsed::Forward(
         len,
         Box::new(Forward {
@@ -823,6 +856,7 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
             response_headers: edits.response,
             wait,
             route,
+            info,
         }),
     )
 }

@@ -135,11 +135,12 @@ async fn stream(
         return;
     }
     let mut serving = crate::conn::InFlight::new(&cx.rec, &cx.sh.registry);
+    let info = serving.logging().then(|| super::access_info(&req));
     let req = req.map(RequestBody);
-    let mut route = None;
+    let mut served = super::Served::default();
     // In a block: the request's future (and its borrow of `route`) ends with it.
     let resp = {
-        let answer = handle_inner(req, &cx, None, &mut route);
+        let answer = handle_inner(req, &cx, None, &mut served);
         let mut answer = std::pin::pin!(answer);
         // A stream the client resets ends here, dropping the request (and its backend connection).
         poll_fn(|tcx| {
@@ -158,8 +159,12 @@ async fn stream(
         return;
     };
     let (mut head, body) = resp.unwrap_or_else(error_response).into_parts();
-    serving.set_route(route.take());
+    serving.set_route(served.route.take());
     serving.set_status(head.status.as_u16());
+    if let Some(mut info) = info {
+        info.backend = served.backend.take();
+        serving.describe(info, 0);
+    }
     // HTTP/1.1 backends and route header templates may still name connection-specific fields.
     headers::strip_connection_specific(&mut head.headers);
     if !head.headers.contains_key(header::DATE) {

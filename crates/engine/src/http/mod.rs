@@ -108,6 +108,7 @@ pub fn serve<IO: h1::ClientIo>(
     idle: Option<Duration>,
 ) -> impl std::future::Future<Output = Termination> + Send {
     let rec = cx.rec.clone();
+    rec.http.store(true, std::sync::atomic::Ordering::Relaxed);
     let o = &cx.sh.options;
     let (first, keep_alive) = (o.http_first_request_timeout(), o.http_keep_alive_timeout);
     // Boxed once per connection: pinning it inside the async fn below would copy it.
@@ -221,11 +222,39 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 async fn handle(mut req: Request<Incoming>, cx: Arc<HttpConn>) -> Result<Response<ProxyBody>, Infallible> {
     let mut serving = crate::conn::InFlight::new(&cx.rec, &cx.sh.registry);
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let mut route = None;
-    let resp = handle_inner(req, &cx, upgrade, &mut route).await.unwrap_or_else(error_response);
-    serving.set_route(route);
+    let info = serving.logging().then(|| access_info(&req));
+    let mut served = Served::default();
+    let resp = handle_inner(req, &cx, upgrade, &mut served).await.unwrap_or_else(error_response);
+    serving.set_route(served.route);
     serving.set_status(resp.status().as_u16());
+    if let Some(mut info) = info {
+        info.backend = served.backend;
+        serving.describe(info, 0);
+    }
     Ok(resp.map(|body| Serving { body, _serving: serving }.boxed()))
+}
+
+/// What `handle_inner` found out for the request's books: its route, and (while the access log
+/// is on) its backend.
+#[derive(Default)]
+pub(crate) struct Served {
+    pub route: Option<Arc<crate::matching::CompiledRoute>>,
+    pub backend: Option<String>,
+}
+
+/// The access log's view of a request.
+pub(crate) fn access_info<B>(req: &Request<B>) -> crate::access_log::HttpInfo {
+    let h = req.headers();
+    let text = |n: header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let host = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_else(|| text(header::HOST));
+    crate::access_log::HttpInfo {
+        method: req.method().as_str().to_owned(),
+        path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        host,
+        referer: text(header::REFERER),
+        user_agent: text(header::USER_AGENT),
+        backend: None,
+    }
 }
 
 /// A response body that keeps its request counted as in flight until it is sent.
@@ -261,7 +290,7 @@ async fn handle_inner<B>(
     mut req: Request<B>,
     cx: &HttpConn,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    route_out: &mut Option<Arc<crate::matching::CompiledRoute>>,
+    route_out: &mut Served,
 ) -> Result<Response<ProxyBody>, HttpError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
@@ -294,7 +323,7 @@ where
         Outcome::Answer(a) => return Ok(answer_response(a)),
         Outcome::Forward(r) => r,
     };
-    route_out.clone_from(&routed.route);
+    route_out.route.clone_from(&routed.route);
     if routed.needs_js() {
         let route = routed.route.as_deref();
         let context = crate::js::RouteContext {
@@ -330,6 +359,9 @@ where
                 return Err(HttpError::TargetFunction);
             }
         };
+    }
+    if cx.sh.registry.access_log.load().is_some() {
+        route_out.backend = Some(format!("{}:{}", routed.target.host, routed.target.port));
     }
     let edits = routed.edits(cx, &facts);
     let path_and_query = routed.path_and_query(&facts).to_owned();

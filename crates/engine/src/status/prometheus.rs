@@ -127,6 +127,9 @@ pub fn render(view: &View, prefix: &str) -> String {
     o.head("backend_connect_errors_total", "counter", "Connections to backends that could not be made.");
     o.line("backend_connect_errors_total", "", m.backend_connect_errors.load(Ordering::Relaxed));
 
+    o.head("access_log_dropped_total", "counter", "Access-log lines dropped because the writer could not keep up.");
+    o.line("access_log_dropped_total", "", view.registry.access_log.load().as_ref().map_or(0, |l| l.dropped()));
+
     o.head("terminations_total", "counter", "Connections ended, by reason.");
     for (reason, n) in &stats.termination_incoming {
         o.line("terminations_total", &format!("reason=\"{}\"", esc(reason)), n);
