@@ -330,6 +330,8 @@ export interface ISmartProxyOptions {
   useHttpProxy?: number[];
   httpProxyPort?: number;
   metrics?: Partial<IMetricsConfig>;
+  /** `false`: engine log lines go only to `'log'` events, not to the console. Default true. */
+  consoleLog?: boolean;
   /** One line per HTTP request and per layer-4 connection, written in the background. */
   accessLog?: { enabled?: boolean; path?: string; format?: 'json' | 'combined' };
   acme?: IAcmeOptions;

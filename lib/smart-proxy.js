@@ -54,6 +54,9 @@ class SmartProxy extends EventEmitter {
     }
     if (!ev || ev.kind !== 'log') return;
     if (ev.level === 'debug' && !this.settings.enableDetailedLogging) return;
+    // Structured, for embedders' own loggers; the console line stays unless turned off.
+    this.emit('log', { level: ev.level, message: ev.message, time: new Date() });
+    if (this.settings.consoleLog === false) return;
     const line = `[smartproxy] ${ev.message}`;
     if (ev.level === 'error') console.error(line);
     else if (ev.level === 'warn') console.warn(line);

@@ -162,6 +162,31 @@ tap.test('a log path that blocks never blocks a connection: lines are dropped an
   closeSync(holder);
 });
 
+tap.test("engine log lines reach JavaScript as 'log' events; consoleLog: false keeps them off the console", async () => {
+  const port = await h.freePort();
+  const p = new SmartProxy({
+    enableDetailedLogging: true,
+    consoleLog: false,
+    routes: [{ name: 'down', match: { ports: port, domains: 'log.test' }, action: { type: 'forward', target: { host: h.HOST, port: 1 } } }],
+  } as any);
+  const events: any[] = [];
+  p.on('log', (e) => events.push(e));
+  const printed: string[] = [];
+  const orig = console.log;
+  console.log = (...a: any[]) => printed.push(a.join(' '));
+  try {
+    await p.start();
+    expect(await get(port, '/')).toEqual(502);
+    await h.waitFor(() => events.some((e) => e.level === 'debug' && / closed: /.test(e.message)), 3000, 'a log event');
+  } finally {
+    console.log = orig;
+  }
+  const e = events.find((x) => / closed: /.test(x.message));
+  expect(e.time instanceof Date).toBeTrue();
+  expect(printed.some((l) => l.includes('[smartproxy]'))).toBeFalse();
+  await p.stop();
+});
+
 tap.test('teardown', async () => {
   echo.close();
   web.closeAllConnections?.();

@@ -122,11 +122,11 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Engi
     sh.debug(|| {
         let r = &guard.rec;
         format!(
-            "connection {} from {ip}:{} on port {port} via {} to {:?} closed: {} (in {} B, out {} B, {} ms)",
+            "connection {} from {ip}:{} on port {port} via {} to {} closed: {} (in {} B, out {} B, {} ms)",
             r.id,
             r.client_port,
             r.route_name().unwrap_or("-"),
-            r.target(),
+            r.target().map_or_else(|| "-".to_owned(), |(h, p)| format!("{h}:{p}")),
             reason.as_str(),
             r.bytes_in.load(Ordering::Relaxed),
             r.bytes_out.load(Ordering::Relaxed),
