@@ -10,12 +10,14 @@ use crate::events::{Event, EventSink, LogLevel};
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Lines that may wait for the writer.
 pub const QUEUE: usize = 4096;
+/// How often the writer takes the queued lines (lines reach the file within this).
+const POLL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -128,21 +130,22 @@ impl AccessLog {
     ) {
         let now = crate::metrics::now_ms();
         let line = match self.format {
-            Format::Json => serde_json::json!({
-                "time": iso8601(now),
-                "type": "http",
-                "client": client.to_string(),
-                "route": route,
-                "host": info.host,
-                "method": info.method,
-                "path": info.path,
-                "status": status,
-                "bytesIn": bytes_in,
-                "bytesOut": bytes_out,
-                "durationMs": duration.as_secs_f64() * 1000.0,
-                "backend": info.backend,
-            })
-            .to_string(),
+            Format::Json => {
+                let mut j = Json::new(256);
+                j.str("time", &iso8601(now));
+                j.str("type", "http");
+                j.display("client", client);
+                j.opt_str("route", route);
+                j.str("host", &info.host);
+                j.str("method", &info.method);
+                j.str("path", &info.path);
+                j.num("status", status);
+                j.num("bytesIn", bytes_in);
+                j.num("bytesOut", bytes_out);
+                j.num("durationMs", duration.as_secs_f64() * 1000.0);
+                j.opt_str("backend", info.backend.as_deref());
+                j.end()
+            }
             Format::Combined => format!(
                 "{client} - - [{}] \"{} {} HTTP/1.1\" {status} {bytes_out} \"{}\" \"{}\" {:.3} \"{}\" \"{}\"",
                 clf_time(now),
@@ -172,18 +175,19 @@ impl AccessLog {
     ) {
         let now = crate::metrics::now_ms();
         let line = match self.format {
-            Format::Json => serde_json::json!({
-                "time": iso8601(now),
-                "type": "tcp",
-                "client": client.to_string(),
-                "route": route,
-                "target": target,
-                "bytesIn": bytes_in,
-                "bytesOut": bytes_out,
-                "durationMs": duration.as_secs_f64() * 1000.0,
-                "termination": termination,
-            })
-            .to_string(),
+            Format::Json => {
+                let mut j = Json::new(200);
+                j.str("time", &iso8601(now));
+                j.str("type", "tcp");
+                j.display("client", client);
+                j.opt_str("route", route);
+                j.opt_str("target", target.as_deref());
+                j.num("bytesIn", bytes_in);
+                j.num("bytesOut", bytes_out);
+                j.num("durationMs", duration.as_secs_f64() * 1000.0);
+                j.str("termination", termination);
+                j.end()
+            }
             Format::Combined => format!(
                 "{client} - - [{}] \"TCP {}\" - {bytes_out} \"-\" \"-\" {:.3} \"{}\" \"{}\" in={bytes_in} end={termination}",
                 clf_time(now),
@@ -194,6 +198,65 @@ impl AccessLog {
             ),
         };
         self.push(line);
+    }
+}
+
+/// A JSON object written straight into its line (no value tree: one allocation per line).
+struct Json(String);
+
+impl Json {
+    fn new(cap: usize) -> Json {
+        Json(String::with_capacity(cap))
+    }
+
+    fn key(&mut self, k: &str) {
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        self.0.push('"');
+        self.0.push_str(k);
+        self.0.push_str("\":");
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.0.push('"');
+        for c in v.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = std::fmt::Write::write_fmt(&mut self.0, format_args!("\\u{:04x}", c as u32));
+                }
+                c => self.0.push(c),
+            }
+        }
+        self.0.push('"');
+    }
+
+    fn opt_str(&mut self, k: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(k, v),
+            None => {
+                self.key(k);
+                self.0.push_str("null");
+            }
+        }
+    }
+
+    fn num(&mut self, k: &str, v: impl std::fmt::Display) {
+        self.key(k);
+        let _ = std::fmt::Write::write_fmt(&mut self.0, format_args!("{v}"));
+    }
+
+    fn display(&mut self, k: &str, v: impl std::fmt::Display) {
+        self.str(k, &v.to_string());
+    }
+
+    fn end(mut self) -> String {
+        self.0.push('}');
+        self.0
     }
 }
 
@@ -286,31 +349,37 @@ fn write_lines(path: &str, rx: Receiver<String>, shared: &Shared, events: &dyn E
             shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     };
+    // The writer polls its queue every few milliseconds instead of blocking on it: a producer
+    // then never has to wake it (no futex call per line on the request path).
     loop {
-        let first = match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) => Some(l),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
         if shared.reopen.swap(false, Ordering::Relaxed) {
             if let Out::File(f) = &mut out {
                 let _ = f.flush();
             }
             out = open(path, events);
         }
-        if let Some(l) = first {
-            write(&mut out, l);
-            // Everything queued meanwhile, then one flush: lines reach the file within moments.
-            while let Ok(l) = rx.try_recv() {
-                write(&mut out, l);
+        let mut wrote = false;
+        loop {
+            match rx.try_recv() {
+                Ok(l) => {
+                    write(&mut out, l);
+                    wrote = true;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if let Out::File(f) = &mut out {
+                        let _ = f.flush();
+                    }
+                    return;
+                }
             }
+        }
+        if wrote {
             if let Out::File(f) = &mut out {
                 let _ = f.flush();
             }
         }
-    }
-    if let Out::File(f) = &mut out {
-        let _ = f.flush();
+        std::thread::sleep(POLL);
     }
 }
 
@@ -326,6 +395,21 @@ mod tests {
         assert_eq!(clf_time(ms), "05/Dec/2026:05:40:00 +0000");
         assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso8601(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn json_lines_are_valid_json_whatever_the_values() {
+        let mut j = Json::new(16);
+        j.str("a", "q\"b\\c\nd\u{1}é");
+        j.opt_str("n", None);
+        j.num("x", 1.5);
+        j.num("y", 7u16);
+        let line = j.end();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["a"], "q\"b\\c\nd\u{1}é");
+        assert!(v["n"].is_null());
+        assert_eq!(v["x"], 1.5);
+        assert_eq!(v["y"], 7);
     }
 
     #[test]
