@@ -54,8 +54,10 @@ class SmartProxy extends EventEmitter {
     }
     if (!ev || ev.kind !== 'log') return;
     if (ev.level === 'debug' && !this.settings.enableDetailedLogging) return;
-    // Structured, for embedders' own loggers; the console line stays unless turned off.
-    this.emit('log', { level: ev.level, message: ev.message, time: new Date() });
+    // Structured, for embedders' own loggers (with the route and client when the line is about
+    // one connection); the console line stays unless turned off.
+    const about = ev.data ? JSON.parse(ev.data) : {};
+    this.emit('log', { level: ev.level, message: ev.message, time: new Date(), route: about.route ?? undefined, client: about.client ?? undefined });
     if (this.settings.consoleLog === false) return;
     const line = `[smartproxy] ${ev.message}`;
     if (ev.level === 'error') console.error(line);

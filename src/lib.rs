@@ -93,8 +93,11 @@ impl EventSink for JsSink {
         let f = self.tsfn.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(f) = f {
             let ev = match event {
-                Event::Log { level, message } => {
-                    NativeEvent { kind: "log".into(), level: level.as_str().into(), message, data: None }
+                Event::Log { level, message, route, client } => {
+                    // Who and where, when the line is about one connection: `data` as JSON.
+                    let data = (route.is_some() || client.is_some())
+                        .then(|| json!({ "route": route, "client": client }).to_string());
+                    NativeEvent { kind: "log".into(), level: level.as_str().into(), message, data }
                 }
                 Event::Certificate(c) => {
                     let data = json!({

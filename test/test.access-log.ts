@@ -162,7 +162,7 @@ tap.test('a log path that blocks never blocks a connection: lines are dropped an
   closeSync(holder);
 });
 
-tap.test("engine log lines reach JavaScript as 'log' events; consoleLog: false keeps them off the console", async () => {
+tap.test("engine log lines reach JavaScript as 'log' events (level, message, route, client); consoleLog: false keeps them off the console", async () => {
   const port = await h.freePort();
   const p = new SmartProxy({
     enableDetailedLogging: true,
@@ -183,6 +183,8 @@ tap.test("engine log lines reach JavaScript as 'log' events; consoleLog: false k
   }
   const e = events.find((x) => / closed: /.test(x.message));
   expect(e.time instanceof Date).toBeTrue();
+  expect(e.route).toEqual('down');
+  expect(e.client).toEqual('127.0.0.1');
   expect(printed.some((l) => l.includes('[smartproxy]'))).toBeFalse();
   await p.stop();
 });

@@ -99,6 +99,8 @@ impl AccessLog {
                 if self.shared.dropping.swap(false, Ordering::Relaxed) {
                     let n = self.dropped();
                     self.events.emit(Event::Log {
+                        route: None,
+                        client: None,
                         level: LogLevel::Warn,
                         message: format!("access log: the writer caught up; {n} lines dropped so far"),
                     });
@@ -108,6 +110,8 @@ impl AccessLog {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 if !self.shared.dropping.swap(true, Ordering::Relaxed) {
                     self.events.emit(Event::Log {
+                        route: None,
+                        client: None,
                         level: LogLevel::Warn,
                         message: "access log: the writer is behind (slow or blocked output); dropping lines".into(),
                     });
@@ -330,7 +334,12 @@ fn open(path: &str, events: &dyn EventSink) -> Out {
     match std::fs::OpenOptions::new().create(true).append(true).open(path) {
         Ok(f) => Out::File(std::io::BufWriter::with_capacity(64 * 1024, f)),
         Err(e) => {
-            events.emit(Event::Log { level: LogLevel::Error, message: format!("access log: cannot open {path}: {e}") });
+            events.emit(Event::Log {
+                route: None,
+                client: None,
+                level: LogLevel::Error,
+                message: format!("access log: cannot open {path}: {e}"),
+            });
             Out::None
         }
     }

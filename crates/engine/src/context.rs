@@ -42,7 +42,7 @@ pub struct EngineContext {
 
 impl EngineContext {
     pub fn log_warn(&self, message: String) {
-        self.events.emit(Event::Log { level: LogLevel::Warn, message });
+        self.events.emit(Event::Log { route: None, client: None, level: LogLevel::Warn, message });
     }
 
     /// Socket options for both sides of a connection, from the proxy options.
@@ -55,9 +55,26 @@ impl EngineContext {
         }
     }
 
+    /// A debug line about one connection: its route and client go with it.
+    pub(crate) fn debug_about(&self, route: Option<&str>, client: std::net::IpAddr, f: impl FnOnce() -> String) {
+        if self.options.enable_detailed_logging {
+            self.events.emit(Event::Log {
+                level: LogLevel::Debug,
+                message: f(),
+                route: route.map(str::to_owned),
+                client: Some(client.to_string()),
+            });
+        }
+    }
+
+    /// A warning about a route.
+    pub(crate) fn warn_route(&self, route: Option<&str>, message: String) {
+        self.events.emit(Event::Log { level: LogLevel::Warn, message, route: route.map(str::to_owned), client: None });
+    }
+
     pub(crate) fn debug(&self, f: impl FnOnce() -> String) {
         if self.options.enable_detailed_logging {
-            self.events.emit(Event::Log { level: LogLevel::Debug, message: f() });
+            self.events.emit(Event::Log { route: None, client: None, level: LogLevel::Debug, message: f() });
         }
     }
 }

@@ -83,7 +83,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Engi
         Ok(c) => c,
         Err(reason) => {
             sh.registry.refuse(reason);
-            sh.debug(|| format!("closed {peer} on port {port}: {}", reason.as_str()));
+            sh.debug_about(None, peer.ip(), || format!("closed {peer} on port {port}: {}", reason.as_str()));
             return;
         }
     };
@@ -92,7 +92,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Engi
     let mut guard = match sh.registry.open(ip, client.port, port, limits) {
         Ok(g) => g,
         Err(reason) => {
-            sh.debug(|| format!("refused {ip}:{} on port {port}: {}", client.port, reason.as_str()));
+            sh.debug_about(None, ip, || format!("refused {ip}:{} on port {port}: {}", client.port, reason.as_str()));
             return;
         }
     };
@@ -119,7 +119,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Engi
         return;
     }
     guard.end(reason);
-    sh.debug(|| {
+    sh.debug_about(guard.rec.route_name(), ip, || {
         let r = &guard.rec;
         format!(
             "connection {} from {ip}:{} on port {port} via {} to {} closed: {} (in {} B, out {} B, {} ms)",
@@ -377,7 +377,8 @@ async fn plan(
     match crate::js::resolve_target(target, sh.bridge.as_ref(), &sh.js_calls, context, guard.rec.id).await {
         Ok(t) => Ok(Plan::Relay(t)),
         Err((t, why)) => {
-            sh.log_warn(format!("route {}: {why}", idx.map(|i| table.route(i).name.to_string()).unwrap_or_default()));
+            let name = idx.map(|i| table.route(i).name.to_string());
+            sh.warn_route(name.as_deref(), format!("route {}: {why}", name.as_deref().unwrap_or_default()));
             Err(t)
         }
     }

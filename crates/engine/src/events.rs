@@ -38,7 +38,13 @@ pub struct CertEvent {
 /// Something worth telling the embedder about.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Log { level: LogLevel, message: String },
+    /// A log line; `route` and `client` when it is about one connection or request.
+    Log {
+        level: LogLevel,
+        message: String,
+        route: Option<String>,
+        client: Option<String>,
+    },
     Certificate(CertEvent),
 }
 

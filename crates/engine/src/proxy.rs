@@ -157,7 +157,7 @@ impl Proxy {
     }
 
     fn log(&self, level: LogLevel, message: String) {
-        self.events.emit(Event::Log { level, message });
+        self.events.emit(Event::Log { route: None, client: None, level, message });
     }
 
     /// Starts listening on every port of `routes`. Fails (binding nothing) if any port cannot be bound.
@@ -250,6 +250,8 @@ impl Proxy {
             match crate::access_log::AccessLog::start(a, self.events.clone()) {
                 Ok(log) => registry.access_log.store(Some(Arc::new(log))),
                 Err(e) => self.events.emit(Event::Log {
+                    route: None,
+                    client: None,
                     level: crate::events::LogLevel::Error,
                     message: format!("access log: cannot start its writer: {e}"),
                 }),

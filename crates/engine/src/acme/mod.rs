@@ -327,7 +327,7 @@ impl Acme {
     }
 
     fn log(&self, level: LogLevel, message: String) {
-        self.events.emit(Event::Log { level, message });
+        self.events.emit(Event::Log { route: None, client: None, level, message });
     }
 
     pub(crate) fn warn(&self, message: String) {

@@ -355,7 +355,8 @@ where
         {
             Ok(t) => t,
             Err((_, why)) => {
-                cx.sh.log_warn(format!("route {}: {why}", route.map(|r| &*r.name).unwrap_or("-")));
+                let name = route.map(|r| &*r.name);
+                cx.sh.warn_route(name, format!("route {}: {why}", name.unwrap_or("-")));
                 return Err(HttpError::TargetFunction);
             }
         };
