@@ -30,7 +30,8 @@ function parseArgs(argv) {
   for (const i = { n: 0 }; i.n < argv.length; i.n++) {
     const a = argv[i.n];
     const name = a.split('=')[0];
-    if (a === '--help' || a === '-h') usage(0);
+    if (a === '--') continue; // the end-of-options marker some runners pass along
+    else if (a === '--help' || a === '-h') usage(0);
     else if (name === '--config' || name === '-c') args.config = value(a, i);
     else if (a === '--check') args.check = true;
     else if (name === '--log-format') {
