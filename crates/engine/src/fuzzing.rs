@@ -29,10 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
 
 /// A split point of `data` chosen by its first byte, so that a fuzzer controls it.
 fn cut(data: &[u8]) -> usize {
-    match data.first() {
-        Some(&b) if !data.is_empty() => usize::from(b) % data.len(),
-        _ => 0,
-    }
+    data.first().map_or(0, |&b| usize::from(b) % data.len())
 }
 
 /// The TLS ClientHello parser (SNI, ALPN, version) and the first-bytes classifier.

@@ -98,6 +98,26 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The payload length of the handshake record whose 5-byte header is `hdr` (`first`: the
+/// connection's first record), or why it cannot be one.
+fn record_len(hdr: &[u8], first: bool) -> Result<usize, DetectError> {
+    if hdr[0] != 0x16 {
+        return Err(if first {
+            DetectError::NotThisProtocol
+        } else {
+            DetectError::Malformed("ClientHello interrupted by a non-handshake record")
+        });
+    }
+    if hdr[1] != 0x03 {
+        return Err(DetectError::Malformed("unknown record version"));
+    }
+    let len = usize::from(hdr[3]) << 8 | usize::from(hdr[4]);
+    if len == 0 || len > 16384 + 2048 {
+        return Err(DetectError::Malformed("bad record length"));
+    }
+    Ok(len)
+}
+
 /// Reassembles the first handshake message from consecutive handshake records.
 fn handshake_message(buf: &[u8]) -> Result<Vec<u8>, DetectError> {
     let mut msg: Vec<u8> = Vec::new();
@@ -107,20 +127,7 @@ fn handshake_message(buf: &[u8]) -> Result<Vec<u8>, DetectError> {
             Some(h) => h,
             None => return Err(DetectError::Incomplete),
         };
-        if hdr[0] != 0x16 {
-            return Err(if pos == 0 {
-                DetectError::NotThisProtocol
-            } else {
-                DetectError::Malformed("ClientHello interrupted by a non-handshake record")
-            });
-        }
-        if hdr[1] != 0x03 {
-            return Err(DetectError::Malformed("unknown record version"));
-        }
-        let len = usize::from(hdr[3]) << 8 | usize::from(hdr[4]);
-        if len == 0 || len > 16384 + 2048 {
-            return Err(DetectError::Malformed("bad record length"));
-        }
+        let len = record_len(hdr, pos == 0)?;
         let body = match buf.get(pos + 5..pos + 5 + len) {
             Some(b) => b,
             // The record is not all here yet; parse what we have if it already holds the message.
@@ -146,13 +153,8 @@ pub fn hello_needs(buf: &[u8]) -> usize {
     let mut head = [0u8; 4]; // the message's type and length, as far as seen
     loop {
         let Some(hdr) = buf.get(pos..pos + 5) else { return buf.len() + 1 };
-        if hdr[0] != 0x16 || hdr[1] != 0x03 {
-            return 0;
-        }
-        let len = usize::from(hdr[3]) << 8 | usize::from(hdr[4]);
-        if len == 0 || len > 16384 + 2048 {
-            return 0;
-        }
+        // A record the parser refuses: it can answer now.
+        let Ok(len) = record_len(hdr, pos == 0) else { return 0 };
         let body = &buf[pos + 5..buf.len().min(pos + 5 + len)];
         for (i, &b) in body.iter().enumerate().take(4usize.saturating_sub(got)) {
             head[got + i] = b;

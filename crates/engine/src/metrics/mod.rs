@@ -357,7 +357,7 @@ impl Metrics {
         self.lock().route_connections.clone()
     }
 
-    /// Addresses with a series of their own, and whether some were summed as others (tests).
+    /// Addresses with a series of their own (tests).
     pub fn tracked_ips(&self) -> usize {
         self.lock().ips.len()
     }

@@ -20,6 +20,12 @@ pub struct View {
     pub ports: Arc<Mutex<Vec<u16>>>,
 }
 
+/// The running routes, the first of each name (names may repeat).
+fn first_by_name(snap: &Snapshot) -> Vec<&Arc<crate::matching::CompiledRoute>> {
+    let mut seen = std::collections::HashSet::new();
+    snap.table.routes().iter().filter(|r| seen.insert(r.name.clone())).collect()
+}
+
 fn now_ms() -> i64 {
     crate::metrics::now_ms() as i64
 }
@@ -59,12 +65,8 @@ impl View {
 
     /// The certificates of every running route that terminates TLS, by route name.
     pub fn certificates(&self) -> Vec<(String, CertificateStatus)> {
-        let snap = self.snapshot.load();
-        let mut seen = std::collections::HashSet::new();
-        snap.table
-            .routes()
-            .iter()
-            .filter(|r| seen.insert(r.name.clone()))
+        first_by_name(&self.snapshot.load())
+            .into_iter()
             .filter_map(|r| self.certificate_status(&r.name).map(|c| (r.name.to_string(), c)))
             .collect()
     }
@@ -79,12 +81,8 @@ impl View {
         let active: std::collections::HashMap<&str, u64> =
             stats.by_route.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         let snap = self.snapshot.load();
-        let mut seen = std::collections::HashSet::new();
-        let routes: Vec<Value> = snap
-            .table
-            .routes()
-            .iter()
-            .filter(|r| seen.insert(r.name.clone()))
+        let routes: Vec<Value> = first_by_name(&snap)
+            .into_iter()
             .map(|r| {
                 let rate = rates.get(&*r.name).copied().unwrap_or_default();
                 json!({

@@ -285,18 +285,10 @@ mod tests {
             head.extend_from_slice(format!("X-Filler: {}\r\n", "f".repeat(500)).as_bytes());
         }
         head.extend_from_slice(b"\r\n");
-        PARSES.with(|c| c.set(0));
-        let mut decided = None;
-        for end in 1..=head.len() {
-            if let Some(r) = classify(&head[..end], end - 1) {
-                decided = Some((end, r));
-                break;
-            }
-        }
-        let (end, r) = decided.expect("decided");
+        let (end, r, parses) = drip(&head);
         assert_eq!(end, head.len());
         assert!(matches!(r, Ok(Initial::Http(h)) if h.host.as_deref() == Some("drip.example")));
-        assert_eq!(PARSES.with(Cell::get), 1);
+        assert_eq!(parses, 1);
 
         // A ClientHello in one record, then in records of 50 bytes.
         let mut hello = vec![0x16, 0x03, 0x01, 0, 0, 0x01, 0, 0, 0];
@@ -306,19 +298,23 @@ mod tests {
         let rec = (hello.len() - 5) as u16;
         hello[3..5].copy_from_slice(&rec.to_be_bytes());
         for wire in [hello.clone(), reframe(&hello, 50)] {
-            PARSES.with(|c| c.set(0));
-            let mut decided = None;
-            for end in 1..=wire.len() {
-                if let Some(r) = classify(&wire[..end], end - 1) {
-                    decided = Some((end, r));
-                    break;
-                }
-            }
-            let (end, r) = decided.expect("decided");
+            let (end, r, parses) = drip(&wire);
             assert_eq!(end, wire.len());
             assert!(matches!(r, Ok(Initial::Tls(_))), "{r:?}");
-            assert_eq!(PARSES.with(Cell::get), 1);
+            assert_eq!(parses, 1);
         }
+    }
+
+    /// Feeds `wire` one more byte at a time until it decides: how many bytes that took, the
+    /// decision, and how often a parser ran.
+    fn drip(wire: &[u8]) -> (usize, Result<Initial, PeekError>, usize) {
+        PARSES.with(|c| c.set(0));
+        for end in 1..=wire.len() {
+            if let Some(r) = classify(&wire[..end], end - 1) {
+                return (end, r, PARSES.with(Cell::get));
+            }
+        }
+        panic!("{} bytes did not decide", wire.len());
     }
 
     fn reframe(one: &[u8], chunk: usize) -> Vec<u8> {
