@@ -4,7 +4,8 @@
 //
 // 1. CPU per HTTP request and per TCP connection, proxy in its own process, with metrics off
 //    (`metrics.enabled: false`), on (the default), and on with a JSON access log to a file:
-//    wrk (keep-alive HTTP/1.1) and a connect-send-close loop, ROUNDS rounds each, alternating, the
+//    wrk (keep-alive HTTP/1.1, one per proxy, at once) and connect-send-close loops that go round
+//    the proxies in turn; ROUNDS rounds, in each all three proxies run side by side; the
 //    proxy process's CPU time (/proc/<pid>/stat) divided by the work done. Ratios to "off" in the
 //    same run.
 // 2. A scan from SCAN distinct source addresses (127.0.0.0/8, one connection each): the proxy's
@@ -87,20 +88,23 @@ function wrk(port: number): Promise<number> {
   });
 }
 
-async function connLoop(port: number): Promise<number> {
+/** Connect-send-close loops (16 at once), each loop going round the `ports` in turn, so every
+ * proxy gets the same share under the same conditions; connections done per port. */
+async function connLoop(ports: number[]): Promise<number[]> {
   const until = Date.now() + SECONDS * 1000;
-  let n = 0;
-  const one = () =>
+  const n = ports.map(() => 0);
+  const one = (port: number) =>
     new Promise<void>((resolve) => {
       const s = net.connect(port, HOST, () => s.end('x'.repeat(100)));
       s.on('error', () => resolve());
       s.on('close', () => resolve());
     });
   await Promise.all(
-    Array.from({ length: 16 }, async () => {
-      while (Date.now() < until) {
-        await one();
-        n++;
+    Array.from({ length: 16 }, async (_, w) => {
+      for (let k = w; Date.now() < until; k++) {
+        const i = k % ports.length;
+        await one(ports[i]);
+        n[i]++;
       }
     }),
   );
@@ -115,29 +119,35 @@ const modes: [string, object][] = [
 const results: Record<string, { http: number[]; tcp: number[] }> = {};
 for (const [name] of modes) results[name] = { http: [], tcp: [] };
 for (let round = 0; round < ROUNDS; round++) {
-  for (const [name, extra] of modes) {
-    const p = await proxy(extra);
-    await wrk(p.ports.http); // warm-up
-    let c0 = cpuSeconds(p.pid);
-    const reqs = await wrk(p.ports.http);
-    results[name].http.push(((cpuSeconds(p.pid) - c0) / reqs) * 1e6);
-    c0 = cpuSeconds(p.pid);
-    const conns = await connLoop(p.ports.tcp);
-    results[name].tcp.push(((cpuSeconds(p.pid) - c0) / conns) * 1e6);
-    await p.stop();
-  }
+  // All modes run at once, side by side under the same load and the same machine noise; CPU is
+  // read per proxy process. Each round starts them in another order.
+  const order = [...modes.slice(round % modes.length), ...modes.slice(0, round % modes.length)];
+  const ps = [];
+  for (const [, extra] of order) ps.push(await proxy(extra));
+  await Promise.all(ps.map((p) => wrk(p.ports.http))); // warm-up
+  let c0 = ps.map((p) => cpuSeconds(p.pid));
+  const reqs = await Promise.all(ps.map((p) => wrk(p.ports.http)));
+  ps.forEach((p, i) => results[order[i][0]].http.push(((cpuSeconds(p.pid) - c0[i]) / reqs[i]) * 1e6));
+  c0 = ps.map((p) => cpuSeconds(p.pid));
+  const conns = await connLoop(ps.map((p) => p.ports.tcp));
+  ps.forEach((p, i) => results[order[i][0]].tcp.push(((cpuSeconds(p.pid) - c0[i]) / conns[i]) * 1e6));
+  for (const p of ps) await p.stop();
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const base = results['metrics off'];
+// Two ratios to "off": of the medians, and the median of each round's own ratio.
+const paired = (xs: number[], base: number[]) => median(xs.map((x, i) => x / base[i]));
 console.log(`\nCPU per unit of work (proxy process, µs; median of ${ROUNDS} rounds of ${SECONDS} s)`);
-console.log('| mode | per HTTP request | ratio | per TCP connection | ratio |');
-console.log('|---|---|---|---|---|');
+console.log('| mode | per HTTP request | ratio | paired | per TCP connection | ratio | paired |');
+console.log('|---|---|---|---|---|---|---|');
 for (const [name] of modes) {
   const r = results[name];
   console.log(
-    `| ${name} | ${median(r.http).toFixed(2)} | ${(median(r.http) / median(base.http)).toFixed(3)} | ${median(r.tcp).toFixed(1)} | ${(median(r.tcp) / median(base.tcp)).toFixed(3)} |`,
+    `| ${name} | ${median(r.http).toFixed(2)} | ${(median(r.http) / median(base.http)).toFixed(3)} | ${paired(r.http, base.http).toFixed(3)} ` +
+      `| ${median(r.tcp).toFixed(1)} | ${(median(r.tcp) / median(base.tcp)).toFixed(3)} | ${paired(r.tcp, base.tcp).toFixed(3)} |`,
   );
 }
+if (process.env.VERBOSE) console.log(JSON.stringify(results));
 
 // The scan.
 const p = await proxy({ maxConnectionsPerIP: 0, connectionRateLimitPerMinute: 0 });

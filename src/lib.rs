@@ -291,7 +291,7 @@ impl NativeProxy {
             "requests" => json!({
                 "perSecond": m.requests_in(1),
                 "perMinute": m.requests_in(60),
-                "total": m.requests.load(std::sync::atomic::Ordering::Relaxed),
+                "total": m.requests.get(),
             }),
             "percentiles" => json!({
                 "connectionDuration": p(&m.conn_duration_ms),

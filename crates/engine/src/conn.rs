@@ -160,7 +160,7 @@ pub struct ConnRecord {
     /// between requests; before the first, the first-request timeout).
     pub http_served: AtomicBool,
     route: OnceLock<Arc<CompiledRoute>>,
-    route_name: OnceLock<Arc<str>>,
+    pub(crate) route_name: OnceLock<Arc<str>>,
     target: OnceLock<(String, u16)>,
     /// The PROXY protocol header the connection came with, when it did (boxed: only such
     /// connections pay for it).

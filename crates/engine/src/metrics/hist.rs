@@ -1,7 +1,9 @@
 //! A lock-free histogram of non-negative values on logarithmic buckets: four buckets per power
 //! of two (each at most 19 % wide), recorded with one relaxed atomic add, read as percentiles
-//! by interpolating inside the bucket that holds the rank.
+//! by interpolating inside the bucket that holds the rank. Each thread records into its own row
+//! ([`super::shard`]); reads add the rows up.
 
+use super::shard::{self, SHARDS};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Buckets per power of two.
@@ -11,14 +13,21 @@ const LINEAR: u64 = 8;
 /// 0..8 exact, then 4 buckets per power of two from 8 up to 2^63.
 pub const BUCKETS: usize = LINEAR as usize + (64 - 3) * SUB;
 
-pub struct Histogram {
-    counts: Box<[AtomicU64; BUCKETS]>,
+/// One thread's counts and sum, on cache lines of their own.
+#[repr(align(128))]
+struct Row {
+    counts: [AtomicU64; BUCKETS],
     sum: AtomicU64,
+}
+
+pub struct Histogram {
+    rows: Box<[Row; SHARDS]>,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { counts: Box::new(std::array::from_fn(|_| AtomicU64::new(0))), sum: AtomicU64::new(0) }
+        let row = || Row { counts: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0) };
+        Histogram { rows: Box::new(std::array::from_fn(|_| row())) }
     }
 }
 
@@ -53,33 +62,39 @@ pub fn bounds(i: usize) -> (u64, u64) {
 
 impl Histogram {
     pub fn record(&self, v: u64) {
-        self.counts[bucket(v)].fetch_add(1, Ordering::Relaxed);
-        self.sum.fetch_add(v, Ordering::Relaxed);
+        let row = &self.rows[shard::index()];
+        row.counts[bucket(v)].fetch_add(1, Ordering::Relaxed);
+        row.sum.fetch_add(v, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.snapshot().iter().sum()
     }
 
     pub fn sum(&self) -> u64 {
-        self.sum.load(Ordering::Relaxed)
+        self.rows.iter().map(|r| r.sum.load(Ordering::Relaxed)).sum()
     }
 
     /// The counts per bucket (a consistent enough copy for reading).
     pub fn snapshot(&self) -> Vec<u64> {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        let mut out = vec![0u64; BUCKETS];
+        for row in self.rows.iter() {
+            for (o, c) in out.iter_mut().zip(&row.counts) {
+                *o += c.load(Ordering::Relaxed);
+            }
+        }
+        out
     }
 
     /// The value at quantile `q` (0..=1), 0 when empty.
     pub fn quantile(&self, q: f64) -> f64 {
         quantile(&self.snapshot(), q)
     }
+}
 
-    /// How many recorded values are at most `v` (exact at bucket bounds).
-    pub fn count_below(&self, v: u64) -> u64 {
-        let b = bucket(v.saturating_add(1));
-        self.counts[..b].iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
+/// How many of the values counted in `counts` are at most `v` (exact at bucket bounds).
+pub fn count_below(counts: &[u64], v: u64) -> u64 {
+    counts[..bucket(v.saturating_add(1)).min(counts.len())].iter().sum()
 }
 
 /// The value at quantile `q` of bucket counts: the rank's bucket, interpolated linearly.

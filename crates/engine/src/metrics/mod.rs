@@ -2,18 +2,21 @@
 //! address), histograms of connection durations and sizes and of request durations, and the
 //! counters the Prometheus text shows.
 //!
-//! Nothing on the data path takes a lock: connections count their bytes on their own record
-//! (relaxed atomics) and requests on one global counter. Once a second the sampler
-//! ([`Metrics::tick`]) takes what every live connection moved since the last tick (`fetch_max`
-//! on the record's sampled marks, so bytes are counted once whoever looks first) and a closing
-//! connection folds its rest in once ([`Metrics::close`]). Per-route and per-address series keep
+//! Nothing on the data path takes a shared lock: connections count their bytes on their own
+//! record (relaxed atomics), requests and histograms go to the recording thread's shard
+//! ([`shard`]). Once a second the sampler ([`Metrics::tick`]) takes what every live connection
+//! moved since the last tick (`fetch_max` on the record's sampled marks, so bytes are counted once
+//! whoever looks first) and what the connections that closed left in their thread's queue
+//! ([`Metrics::close`]: no hashing, no shared line). Per-route and per-address series keep
 //! the last [`SERIES_SECONDS`] seconds; at most [`MAX_IPS`] addresses have their own series, the
 //! rest are summed under [`OTHER_IPS`], so a scan from a million addresses cannot grow memory.
 
 pub mod hist;
+pub mod shard;
 
 use crate::conn::{ConnRecord, Registry};
 use hist::Histogram;
+use shard::{Counter, Padded, SHARDS};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +31,9 @@ pub const MAX_IPS: usize = 1024;
 pub const OTHER_IPS: &str = "other";
 /// Default `metrics.retentionSeconds`.
 pub const DEFAULT_RETENTION: usize = 3600;
+/// Closed connections a thread's queue holds before the closing thread folds them in itself
+/// (bounds the queues when no sampler runs).
+const FOLD_AT: usize = 4096;
 
 /// One second of traffic.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -76,6 +82,15 @@ impl Series {
     }
 }
 
+/// What a closed connection leaves for the sampler.
+#[derive(Debug)]
+struct Closing {
+    route: Option<Arc<str>>,
+    ip: IpAddr,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
 /// Bytes of connections that closed since the last tick, by route and address.
 #[derive(Debug, Default)]
 struct Closed {
@@ -107,7 +122,7 @@ pub struct Metrics {
     enabled: AtomicBool,
     retention: AtomicUsize,
     /// HTTP requests on HTTP routes, plus connections on layer-4 routes.
-    pub requests: AtomicU64,
+    pub requests: Counter,
     /// Connections by lifetime, in milliseconds.
     pub conn_duration_ms: Histogram,
     /// Connections by bytes received from the client, and sent to it.
@@ -120,6 +135,8 @@ pub struct Metrics {
     pub backend_connect_errors: AtomicU64,
     /// HTTP answers by status class of requests no route forwarded (refusals, errors).
     pub unrouted_status: [AtomicU64; 5],
+    /// Connections closed since they were last folded into `state`, per thread.
+    closing: [Padded<Mutex<Vec<Closing>>>; SHARDS],
     state: Mutex<State>,
 }
 
@@ -128,7 +145,7 @@ impl Default for Metrics {
         Metrics {
             enabled: AtomicBool::new(true),
             retention: AtomicUsize::new(DEFAULT_RETENTION),
-            requests: AtomicU64::new(0),
+            requests: Counter::default(),
             conn_duration_ms: Histogram::default(),
             conn_bytes_in: Histogram::default(),
             conn_bytes_out: Histogram::default(),
@@ -137,6 +154,7 @@ impl Default for Metrics {
             tls_handshake_failures: AtomicU64::new(0),
             backend_connect_errors: AtomicU64::new(0),
             unrouted_status: Default::default(),
+            closing: Default::default(),
             state: Mutex::new(State::default()),
         }
     }
@@ -151,6 +169,32 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Folds closed connections into the books: the per-route connection counter, and their bytes
+/// into the next sample.
+fn fold(st: &mut State, batch: Vec<Closing>) {
+    for c in batch {
+        if let Some(r) = &c.route {
+            *st.route_connections.entry(r.clone()).or_default() += 1;
+        }
+        if c.bytes_in == 0 && c.bytes_out == 0 {
+            continue;
+        }
+        let closed = &mut st.closed;
+        closed.bytes_in += c.bytes_in;
+        closed.bytes_out += c.bytes_out;
+        let e = closed.by_route.entry(c.route.unwrap_or_else(|| Arc::from(""))).or_default();
+        e.0 += c.bytes_in;
+        e.1 += c.bytes_out;
+        let e = closed.by_ip.entry(c.ip).or_default();
+        e.0 += c.bytes_in;
+        e.1 += c.bytes_out;
+    }
+}
+
 /// What a record moved since it was last looked at (each byte reported once).
 fn take_delta(rec: &ConnRecord) -> (u64, u64) {
     let i = rec.bytes_in.load(Ordering::Relaxed);
@@ -162,7 +206,7 @@ fn take_delta(rec: &ConnRecord) -> (u64, u64) {
 
 impl Metrics {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// `metrics.enabled` and `metrics.retentionSeconds` of the running configuration.
@@ -178,35 +222,40 @@ impl Metrics {
     /// Counts one request (an HTTP request, or a layer-4 connection).
     #[inline]
     pub fn request(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.requests.add(1);
     }
 
-    /// A connection leaves: its last bytes go to the next sample, its size and age to the
-    /// histograms.
+    /// A connection leaves: its size and age go to the histograms, its route and its bytes not
+    /// yet sampled to its thread's queue for the next sample (with metrics off only its route,
+    /// for the per-route connection counter).
     pub fn close(&self, rec: &ConnRecord) {
-        self.conn_duration_ms.record(rec.started.elapsed().as_millis() as u64);
-        self.conn_bytes_in.record(rec.bytes_in.load(Ordering::Relaxed));
-        self.conn_bytes_out.record(rec.bytes_out.load(Ordering::Relaxed));
-        let (i, o) = take_delta(rec);
+        let (bytes_in, bytes_out) = if self.enabled() {
+            self.conn_duration_ms.record(rec.started.elapsed().as_millis() as u64);
+            self.conn_bytes_in.record(rec.bytes_in.load(Ordering::Relaxed));
+            self.conn_bytes_out.record(rec.bytes_out.load(Ordering::Relaxed));
+            take_delta(rec)
+        } else {
+            (0, 0)
+        };
         let route = rec.route_name_arc();
-        let mut st = self.lock();
-        if let Some(r) = &route {
-            *st.route_connections.entry(r.clone()).or_default() += 1;
-        }
-        if i == 0 && o == 0 {
+        if route.is_none() && bytes_in == 0 && bytes_out == 0 {
             return;
         }
-        let c = &mut st.closed;
-        c.bytes_in += i;
-        c.bytes_out += o;
-        {
-            let e = c.by_route.entry(route.unwrap_or_else(|| Arc::from(""))).or_default();
-            e.0 += i;
-            e.1 += o;
+        let mut q = lock(&self.closing[shard::index()].0);
+        q.push(Closing { route, ip: rec.client_ip, bytes_in, bytes_out });
+        if q.len() >= FOLD_AT {
+            let batch = std::mem::take(&mut *q);
+            drop(q);
+            fold(&mut self.lock(), batch);
         }
-        let e = c.by_ip.entry(rec.client_ip).or_default();
-        e.0 += i;
-        e.1 += o;
+    }
+
+    /// Moves every thread's queue of closed connections into `st`.
+    fn fold_closing(&self, st: &mut State) {
+        for q in &self.closing {
+            let batch = std::mem::take(&mut *lock(&q.0));
+            fold(st, batch);
+        }
     }
 
     /// Takes one second's sample from the live connections and those that closed.
@@ -227,10 +276,11 @@ impl Metrics {
                 live.push((rec.route_name_arc(), rec.client_ip, i, o));
             }
         });
-        let requests = self.requests.load(Ordering::Relaxed);
+        let requests = self.requests.get();
         let retention = self.retention.load(Ordering::Relaxed);
         let mut st = self.lock();
         let st = &mut *st;
+        self.fold_closing(st);
         let closed = std::mem::take(&mut st.closed);
         let mut sample = Sample {
             at_ms,
@@ -354,7 +404,9 @@ impl Metrics {
 
     /// Closed connections per route since the proxy object was made.
     pub fn route_connections(&self) -> HashMap<Arc<str>, u64> {
-        self.lock().route_connections.clone()
+        let mut st = self.lock();
+        self.fold_closing(&mut st);
+        st.route_connections.clone()
     }
 
     /// Addresses with a series of their own (tests).
@@ -415,5 +467,41 @@ mod tests {
         drop(guards);
         m.tick_at(&reg, 5_000 + SERIES_SECONDS * 1000 + 1000);
         assert_eq!(m.tracked_ips(), 0);
+    }
+
+    /// Closes on many threads without a sampler: queues stay bounded, every close is counted,
+    /// and with metrics off nothing but the route's connection count is kept.
+    #[test]
+    fn closes_are_counted_and_queues_stay_bounded() {
+        let reg = Arc::new(Registry::default());
+        reg.metrics.configure(false, 10);
+        let route: Arc<str> = Arc::from("r");
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let (reg, route) = (reg.clone(), route.clone());
+                std::thread::spawn(move || {
+                    for i in 0..3000u32 {
+                        let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + t * 10_000 + i));
+                        let g = reg.open(ip, 1, 80, IpLimits::default()).unwrap();
+                        let _ = g.rec.route_name.set(route.clone());
+                        g.rec.bytes_in.fetch_add(7, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        let m = &reg.metrics;
+        assert!(m.closing.iter().all(|q| lock(&q.0).len() < FOLD_AT));
+        assert_eq!(m.route_connections().get("r"), Some(&9000));
+        assert_eq!(m.conn_bytes_in.count(), 0);
+        assert!(lock(&m.state).closed.by_ip.is_empty());
+        // On: the bytes and sizes are kept.
+        m.configure(true, 10);
+        let g = reg.open("10.9.9.9".parse().unwrap(), 1, 80, IpLimits::default()).unwrap();
+        g.rec.bytes_in.fetch_add(5, Ordering::Relaxed);
+        drop(g);
+        m.tick_at(&reg, 1_000);
+        assert_eq!(m.history(1)[0].bytes_in, 5);
+        assert_eq!(m.conn_bytes_in.count(), 1);
     }
 }

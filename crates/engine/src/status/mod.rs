@@ -115,7 +115,7 @@ impl View {
             "connections": { "active": stats.active, "total": stats.total },
             "bytes": { "in": stats.bytes_in, "out": stats.bytes_out },
             "throughput": { "in": now.bytes_in, "out": now.bytes_out },
-            "requests": { "total": m.requests.load(std::sync::atomic::Ordering::Relaxed), "perSecond": m.requests_in(1) },
+            "requests": { "total": m.requests.get(), "perSecond": m.requests_in(1) },
             "routes": routes,
             "topIPs": ips.iter().map(|(ip, n)| json!({ "ip": ip.to_string(), "count": n })).collect::<Vec<_>>(),
             "terminations": stats.termination_incoming.iter().map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),

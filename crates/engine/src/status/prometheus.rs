@@ -3,7 +3,7 @@
 //! certificate domains; never client addresses.
 
 use super::View;
-use crate::metrics::hist::Histogram;
+use crate::metrics::hist::{self, Histogram};
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
@@ -38,11 +38,12 @@ impl Out<'_> {
     /// A histogram in seconds from one recorded in `unit` per second (1000: ms, 10^6: µs).
     fn histogram(&mut self, name: &str, help: &str, h: &Histogram, unit: f64) {
         self.head(name, "histogram", help);
+        let counts = h.snapshot();
         for le in DURATION_BUCKETS {
-            let n = h.count_below((le * unit) as u64);
+            let n = hist::count_below(&counts, (le * unit) as u64);
             self.line(&format!("{name}_bucket"), &format!("le=\"{le}\""), n);
         }
-        let count = h.count();
+        let count: u64 = counts.iter().sum();
         self.line(&format!("{name}_bucket"), "le=\"+Inf\"", count);
         self.line(&format!("{name}_sum"), "", h.sum() as f64 / unit);
         self.line(&format!("{name}_count"), "", count);
@@ -110,7 +111,7 @@ pub fn render(view: &View, prefix: &str) -> String {
     }
 
     o.head("requests_total", "counter", "Requests: HTTP requests on HTTP routes, connections on layer-4 routes.");
-    o.line("requests_total", "", m.requests.load(Ordering::Relaxed));
+    o.line("requests_total", "", m.requests.get());
 
     o.histogram(
         "http_request_duration_seconds",
