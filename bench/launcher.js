@@ -16,7 +16,8 @@ switch (mode) {
     // Layer 4: nothing inspected. PERF_PROXY_PROTOCOL=v1|v2 (bench/proxy-protocol.ts): read
     // that header from 127.0.0.1 and send it to the backend.
     route = { name: 'bench', match: { ports: listen }, action: { type: 'forward', target } };
-    if (process.env.PERF_PROXY_PROTOCOL) route.action.sendProxyProtocol = process.env.PERF_PROXY_PROTOCOL;
+    // PERF_PROXY_SEND=0: read the header, send none (to tell the two costs apart).
+    if (process.env.PERF_PROXY_PROTOCOL && process.env.PERF_PROXY_SEND !== '0') route.action.sendProxyProtocol = process.env.PERF_PROXY_PROTOCOL;
     break;
   case 'http':
     // The HTTP layer (per-request routing by Host), keep-alive to the backend.

@@ -4,14 +4,18 @@
 //
 // Topology, the same for every cell: wrk (Connection: close, a new connection per request) →
 // a front HAProxy (the load balancer; `send-proxy-v2` in the "v2" cells) → the measured proxy
-// (pinned alone to CPU 1, one thread) → nginx (`listen … proxy_protocol` in the "v2" cells).
-// wrk, the front HAProxy and nginx share CPU 0. The measured proxy's CPU comes from
-// /proc/<pid>/stat over the wrk run; per connection = CPU / completed requests.
+// (pinned to CPU 1, one thread) → nginx (`listen … proxy_protocol` in the "v2" cells).
+// The "plain" and "v2" chains of one proxy run side by side, at the same time (both measured
+// proxies on CPU 1; both wrk, both front HAProxies and nginx on CPU 0), so that both cells see
+// the same machine noise; each round also reports its own v2/plain ratio ("paired"). The
+// measured proxy's CPU comes from /proc/<pid>/stat over the wrk run; per connection = CPU /
+// completed requests.
 // Uses the release addon: run `pnpm run build` first.
 //
-//   node --import tsx bench/proxy-protocol.ts      env: ROUNDS (3), SECONDS (8), CONNS (20)
+//   node --import tsx bench/proxy-protocol.ts      env: ROUNDS (3), SECONDS (8), CONNS (20), RATE
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import * as net from 'node:net';
 import { join } from 'node:path';
 import * as h from '../test/helpers.js';
 import { startHaproxy, startNginx, type Peer } from '../test/peers.js';
@@ -19,6 +23,8 @@ import { startHaproxy, startNginx, type Peer } from '../test/peers.js';
 const ROUNDS = Number(process.env.ROUNDS || 3);
 const SECONDS = Number(process.env.SECONDS || 8);
 const CONNS = Number(process.env.CONNS || 20);
+// RATE > 0: an open-loop load of RATE connections per second per chain instead of wrk.
+const RATE = Number(process.env.RATE || 0);
 const root = join(import.meta.dirname, '..');
 const TICK_US = 1e6 / Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -56,17 +62,56 @@ async function measured(kind: 'ours' | 'haproxy', v2: boolean, port: number, bac
   return { pid, stop: peer.close };
 }
 
-function wrk(port: number): number {
-  const out = execFileSync('taskset', ['-c', '0', 'wrk', '-t1', `-c${CONNS}`, `-d${SECONDS}s`, '-H', 'Connection: close', `http://127.0.0.1:${port}/`]).toString();
-  const m = /(\d+) requests in/.exec(out);
-  if (!m) throw new Error(`wrk: ${out}`);
-  if (/Non-2xx|Socket errors/.test(out)) console.error(out.split('\n').filter((l) => /Non-2xx|Socket errors/.test(l)).join('\n'));
-  return Number(m[1]);
+function wrk(port: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const c = spawn('taskset', ['-c', '0', 'wrk', '-t1', `-c${CONNS}`, `-d${SECONDS}s`, '-H', 'Connection: close', `http://127.0.0.1:${port}/`]);
+    let out = '';
+    c.stdout.on('data', (d) => (out += d));
+    c.on('close', () => {
+      const m = /(\d+) requests in/.exec(out);
+      if (!m) return reject(new Error(`wrk: ${out}`));
+      if (/Non-2xx|Socket errors/.test(out)) console.error(out.split('\n').filter((l) => /Non-2xx|Socket errors/.test(l)).join('\n'));
+      resolve(Number(m[1]));
+    });
+  });
+}
+
+/** An open-loop load at RATE new connections per second to each of `ports` (the same offered
+ * load for every chain, so no cell runs at a lower rate because its chain is slower); one HTTP
+ * request per connection. Connections completed per port. */
+async function paced(ports: number[]): Promise<number[]> {
+  const done = ports.map(() => 0);
+  const perTick = RATE / 100;
+  let owed = 0;
+  const pending = new Set<Promise<void>>();
+  const one = (i: number) => {
+    const p = new Promise<void>((resolve) => {
+      const s = net.connect(ports[i], '127.0.0.1', () => s.write('GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n'));
+      s.on('data', () => {});
+      s.on('error', () => resolve());
+      s.on('close', (hadError) => {
+        if (!hadError) done[i]++;
+        resolve();
+      });
+    });
+    pending.add(p);
+    p.then(() => pending.delete(p));
+  };
+  const until = Date.now() + SECONDS * 1000;
+  await new Promise<void>((resolve) => {
+    const t = setInterval(() => {
+      if (Date.now() >= until) return clearInterval(t), resolve();
+      owed += perTick;
+      for (; owed >= 1; owed--) ports.forEach((_, i) => one(i));
+    }, 10);
+  });
+  await Promise.all(pending);
+  return done;
 }
 
 async function main() {
   execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
-  const [plainBackend, ppBackend, front, port] = await h.freePorts(4);
+  const [plainBackend, ppBackend, ...ports] = await h.freePorts(6);
   const nginx = await startNginx(
     `server { listen 127.0.0.1:${plainBackend}; location / { return 200 "ok"; } }\n  server { listen 127.0.0.1:${ppBackend} proxy_protocol; location / { return 200 "$proxy_protocol_addr"; } }`,
     plainBackend,
@@ -76,33 +121,42 @@ async function main() {
   try {
     for (let round = 0; round < ROUNDS; round++) {
       for (const kind of ['ours', 'haproxy'] as const) {
-        for (const v2 of [false, true]) {
-          const m = await measured(kind, v2, port, v2 ? ppBackend : plainBackend);
-          const lb = await startHaproxy(`frontend f\n  mode tcp\n  bind 127.0.0.1:${front}\n  default_backend b\nbackend b\n  mode tcp\n  server s1 127.0.0.1:${port}${v2 ? ' send-proxy-v2' : ''}\n`, front);
-          try {
-            wrk(front); // warm-up (and a check that the chain answers)
-            const c0 = cpuUs(m.pid);
-            const n = wrk(front);
-            const us = (cpuUs(m.pid) - c0) / n;
-            const key = `${kind} ${v2 ? 'v2' : 'plain'}`;
-            (cells[key] ??= []).push(us);
-            console.error(`round ${round + 1}, ${key}: ${us.toFixed(1)} µs CPU per connection, ${Math.round(n / SECONDS)} conn/s`);
-          } finally {
-            await lb.close();
-            await m.stop();
+        // Both chains at once: [port, front] pairs for plain and v2.
+        const chains = [false, true].map((v2, i) => ({ v2, port: ports[2 * i], front: ports[2 * i + 1] }));
+        const started: { stop: () => Promise<void> }[] = [];
+        try {
+          const ms = [];
+          for (const c of chains) {
+            const m = await measured(kind, c.v2, c.port, c.v2 ? ppBackend : plainBackend);
+            started.push(m);
+            ms.push(m);
+            const lb = await startHaproxy(`frontend f\n  mode tcp\n  bind 127.0.0.1:${c.front}\n  default_backend b\nbackend b\n  mode tcp\n  server s1 127.0.0.1:${c.port}${c.v2 ? ' send-proxy-v2' : ''}\n`, c.front);
+            started.push({ stop: lb.close });
           }
+          await Promise.all(chains.map((c) => wrk(c.front))); // warm-up (and a check that the chains answer)
+          const c0 = ms.map((m) => cpuUs(m.pid));
+          const ns = RATE ? await paced(chains.map((c) => c.front)) : await Promise.all(chains.map((c) => wrk(c.front)));
+          chains.forEach((c, i) => {
+            const us = (cpuUs(ms[i].pid) - c0[i]) / ns[i];
+            const key = `${kind} ${c.v2 ? 'v2' : 'plain'}`;
+            (cells[key] ??= []).push(us);
+            console.error(`round ${round + 1}, ${key}: ${us.toFixed(1)} µs CPU per connection, ${Math.round(ns[i] / SECONDS)} conn/s`);
+          });
+        } finally {
+          for (const x of started.reverse()) await x.stop();
         }
       }
     }
   } finally {
     await nginx.close();
   }
-  console.log(`\n| proxy (median of ${ROUNDS}; range) | without a header (µs/conn) | v2 in and out (µs/conn) | ratio |`);
-  console.log('|---|---|---|---|');
+  console.log(`\n| proxy (median of ${ROUNDS}; range) | without a header (µs/conn) | v2 in and out (µs/conn) | ratio | paired |`);
+  console.log('|---|---|---|---|---|');
   for (const kind of ['ours', 'haproxy']) {
     const [p, v] = [cells[`${kind} plain`], cells[`${kind} v2`]];
     const fmt = (xs: number[]) => `${median(xs).toFixed(1)} (${Math.min(...xs).toFixed(1)}–${Math.max(...xs).toFixed(1)})`;
-    console.log(`| ${kind === 'ours' ? 'smartproxy-native' : 'HAProxy'} | ${fmt(p)} | ${fmt(v)} | ${(median(v) / median(p)).toFixed(3)} |`);
+    const paired = median(v.map((x, i) => x / p[i]));
+    console.log(`| ${kind === 'ours' ? 'smartproxy-native' : 'HAProxy'} | ${fmt(p)} | ${fmt(v)} | ${(median(v) / median(p)).toFixed(3)} | ${paired.toFixed(3)} |`);
   }
 }
 

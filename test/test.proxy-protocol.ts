@@ -444,6 +444,46 @@ tap.test('refusals: sendProxyProtocol on a socket handler, acceptProxyProtocol w
   expect(e2.message).toMatch(/proxyIPs/);
 });
 
+tap.test('a layer-4 port: the client\'s bytes that came with the header reach the backend, in order, once', async () => {
+  // Port-only forward routes decide without the client's bytes, so they are read with the header
+  // (one read); what they carry must reach the backend first, with or without a header out.
+  const echo = await h.echoServer();
+  const [plainPort, outPort] = await h.freePorts(2);
+  const p = new SmartProxy({
+    proxyIPs: ['127.0.0.1'],
+    routes: [
+      { name: 'plain', match: { ports: plainPort }, action: { type: 'forward', target: { host: h.HOST, port: echo.port } } },
+      { name: 'out', match: { ports: outPort }, action: { type: 'forward', target: { host: h.HOST, port: echo.port }, sendProxyProtocol: 'v1' } },
+    ],
+  });
+  await p.start();
+  try {
+    const header = v2('203.0.113.9:7000', '198.51.100.1:443');
+    for (const [port, expectHead] of [
+      [plainPort, ''],
+      [outPort, 'PROXY TCP4 203.0.113.9 198.51.100.1 7000 443\r\n'],
+    ] as const) {
+      // Header and first bytes in one segment, more bytes later; then the header dripped.
+      for (const chunks of [[Buffer.concat([header, Buffer.from('first;')]), Buffer.from('second;')], [...header].map((b) => Buffer.from([b])).concat([Buffer.from('first;second;')])]) {
+        const s = await h.connect(port);
+        s.setNoDelay(true);
+        for (const c of chunks) {
+          s.write(c);
+          await h.sleep(chunks.length > 2 ? 1 : 20);
+        }
+        const want = `${expectHead}first;second;`;
+        const got = await h.readBytes(s, want.length);
+        expect(got.toString('latin1')).toEqual(want);
+        s.destroy();
+      }
+    }
+    await h.waitFor(() => p.getMetrics().connections.active() === 0, 5000, 'connections closed');
+  } finally {
+    await p.stop();
+    await echo.close();
+  }
+});
+
 tap.test('a chain: client → proxy A (sends v2) → proxy B (trusts A) keeps the original client', async () => {
   const [aPort, a2Port, bPort] = await h.freePorts(3);
   const b = new SmartProxy({ proxyIPs: ['127.0.0.1'], routes: [reporter('b', bPort)] });

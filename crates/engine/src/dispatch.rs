@@ -48,20 +48,18 @@ pub struct ClientAddr {
 impl ClientAddr {
     /// The client of a connection accepted from `peer`: the peer itself (IPv4-mapped IPv6
     /// addresses as IPv4), or, when the peer is a trusted load balancer, the client its PROXY
-    /// protocol header names (`LOCAL` / `UNKNOWN`: the peer), with that header. `Err`: the
-    /// header was missing, malformed or too slow; the connection is closed.
-    async fn of(
-        stream: &TcpStream,
-        peer: SocketAddr,
-        o: &ProxyOptions,
-    ) -> Result<(Self, Option<Box<crate::proxy_protocol::Header>>), Termination> {
+    /// protocol header names (`LOCAL` / `UNKNOWN`: the peer), with that header. With `blind`
+    /// (the connection will be relayed without looking at its bytes) the bytes that followed the
+    /// header are read with it and returned. `Err`: the header was missing, malformed or too
+    /// slow; the connection is closed.
+    async fn of(stream: &TcpStream, peer: SocketAddr, o: &ProxyOptions, blind: bool) -> Result<Accepted, Termination> {
         let client = ClientAddr { ip: normalize_ip(peer.ip()), port: peer.port() };
         if !o.accept_proxy_protocol || !o.proxy_ips.iter().any(|p| p.matches(client.ip)) {
-            return Ok((client, None));
+            return Ok(Accepted { client, header: None, first: Vec::new() });
         }
         // Boxed: only connections from balancers hold the header's reading state.
         let deadline = Instant::now() + o.initial_data_timeout;
-        let header = Box::pin(tcp::read_proxy_header(stream, deadline)).await.map_err(|e| match e {
+        let (header, first) = Box::pin(tcp::read_proxy_header(stream, deadline, blind)).await.map_err(|e| match e {
             tcp::ProxyHeaderError::Timeout => Termination::ProxyHeaderTimeout,
             tcp::ProxyHeaderError::Closed => Termination::ClientClosedEarly,
             tcp::ProxyHeaderError::Invalid(_) => Termination::ProxyHeaderInvalid,
@@ -72,14 +70,26 @@ impl ClientAddr {
             }
             crate::proxy_protocol::Source::Local => client,
         };
-        Ok((client, Some(Box::new(header))))
+        Ok(Accepted { client, header: Some(Box::new(header)), first })
     }
+}
+
+/// A connection's client, its PROXY protocol header, and the client's bytes read with the header
+/// (only when the connection is relayed blind).
+struct Accepted {
+    client: ClientAddr,
+    header: Option<Box<crate::proxy_protocol::Header>>,
+    first: Vec<u8>,
 }
 
 /// Runs one accepted connection to its end.
 pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<EngineContext>) {
     let o = &sh.options;
-    let (client, header) = match ClientAddr::of(&stream, peer, o).await {
+    // One routing snapshot for the connection's whole plan: whether its bytes may be read with a
+    // PROXY header is decided on the same routes that then plan it.
+    let snap = sh.snapshot.load_full();
+    let blind = snap.table.port_relays_blind(port) && !sh.acme.answers_on(port) && sh.acme.alpn.is_empty();
+    let Accepted { client, header, first } = match ClientAddr::of(&stream, peer, o, blind).await {
         Ok(c) => c,
         Err(reason) => {
             sh.registry.refuse(reason);
@@ -104,7 +114,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Engi
         let _ = guard.rec.proxied.set(h);
     }
     let reason = tokio::select! {
-        r = serve(stream, port, ip, &sh, &mut guard) => r,
+        r = serve(stream, port, ip, &sh, &mut guard, snap, first) => r,
         _ = sh.shutdown.cancelled() => Termination::Shutdown,
     };
     if reason == Termination::HandedOff {
@@ -149,20 +159,28 @@ enum Plan {
     AcmeValidation(Arc<rustls::ServerConfig>),
 }
 
+/// `first`: the client's bytes read with its PROXY header (only on ports that relay blind).
 async fn serve(
     stream: TcpStream,
     port: u16,
     ip: IpAddr,
     sh: &Arc<EngineContext>,
     guard: &mut ConnGuard,
+    snap: Arc<crate::snapshot::Snapshot>,
+    first: Vec<u8>,
 ) -> Termination {
     let o = &sh.options;
     // Boxed: detection and matching state is transient and must not size every connection's
     // long-lived future (idle connections should cost a few hundred bytes of task state).
-    let plan = match Box::pin(plan(&stream, port, ip, sh, guard)).await {
+    let plan = match Box::pin(plan(&stream, port, ip, sh, guard, snap, !first.is_empty())).await {
         Ok(p) => p,
         Err(t) => return t,
     };
+    if !first.is_empty() && !matches!(plan, Plan::Relay(_)) {
+        // Cannot happen: bytes are read ahead only on ports whose every route relays blind, and
+        // the plan uses the same routes. Were it to, those bytes must not be dropped silently.
+        return Termination::NoRoute;
+    }
     let keep_alive = guard.rec.keep_alive.load(Ordering::Relaxed);
     let (idle, lifetime) = effective_timeouts(o, keep_alive, guard.rec.id);
     let target = match plan {
@@ -206,12 +224,20 @@ async fn serve(
         // The client's first bytes, when already queued, go in the same segment (one send and
         // one loopback or wire traversal instead of two); a server-first protocol waits for
         // nothing, as nothing is held back.
-        let n = tcp::read_now(&stream, &mut out, FIRST_BYTES_WITH_HEADER);
+        out.extend_from_slice(&first);
+        let n = first.len() + tcp::read_now(&stream, &mut out, FIRST_BYTES_WITH_HEADER.saturating_sub(first.len()));
         if n > 0 {
             guard.rec.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             guard.rec.touch();
         }
         if tcp::write_all(&backend, &out).await.is_err() {
+            return Termination::BackendError;
+        }
+    } else if !first.is_empty() {
+        // The client's bytes read with its PROXY header go first.
+        guard.rec.bytes_in.fetch_add(first.len() as u64, Ordering::Relaxed);
+        guard.rec.touch();
+        if tcp::write_all(&backend, &first).await.is_err() {
             return Termination::BackendError;
         }
     }
@@ -226,8 +252,9 @@ async fn plan(
     ip: IpAddr,
     sh: &EngineContext,
     guard: &mut ConnGuard,
+    snap: Arc<crate::snapshot::Snapshot>,
+    read_ahead: bool,
 ) -> Result<Plan, Termination> {
-    let snap = sh.snapshot.load_full();
     let table = &snap.table;
     let o = &sh.options;
     let mut input = MatchInput { port, client_ip: ip, domain: None, http: None, tls_version: None };
@@ -241,7 +268,11 @@ async fn plan(
     // instance sharing the store ordered.
     let acme_port = sh.acme.answers_on(port);
     // Likewise, while TLS-ALPN-01 validations are out, ClientHellos are looked at on every port.
-    let early = if acme_port || !sh.acme.alpn.is_empty() { Early::NeedData } else { table.early(port, ip) };
+    // Bytes read ahead with a PROXY header: the port relays blind (on these routes), so the
+    // decision is the table's alone (an ACME validation that started meanwhile cannot claim
+    // them).
+    let early =
+        if (acme_port || !sh.acme.alpn.is_empty()) && !read_ahead { Early::NeedData } else { table.early(port, ip) };
     let idx = match early {
         Early::Route(i) => Some(i),
         Early::NoMatch => None,

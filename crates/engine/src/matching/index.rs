@@ -28,6 +28,9 @@ pub struct PortRoutes {
     pub has_tls: bool,
     /// Some route here serves plain HTTP and looks at requests.
     pub plain_http: bool,
+    /// Every route here is decided without the connection's bytes and relays them untouched
+    /// (no domains or other inspection, no TLS termination, no socket handler).
+    pub blind_relay: bool,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +45,7 @@ impl PortRoutes {
     pub fn build(all: Vec<usize>, routes: &[Arc<CompiledRoute>]) -> Self {
         let has_tls = all.iter().any(|&i| routes[i].tls_mode().is_some());
         let plain_http = all.iter().any(|&i| routes[i].serves_http(false) && routes[i].needs_data);
+        let blind_relay = all.iter().all(|&i| !routes[i].needs_data && routes[i].socket_handler().is_none());
         let index = (all.len() >= INDEX_FROM).then(|| {
             let mut ix = DomainIndex::default();
             for &i in &all {
@@ -66,7 +70,7 @@ impl PortRoutes {
             }
             ix
         });
-        PortRoutes { all, index, has_tls, plain_http }
+        PortRoutes { all, index, has_tls, plain_http, blind_relay }
     }
 
     /// The first route (in priority order) among the candidates for `domain` that `accept`s.

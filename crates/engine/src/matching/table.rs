@@ -237,6 +237,12 @@ impl RouteTable {
         self.by_port.get(&port).is_some_and(|r| r.has_tls)
     }
 
+    /// Whether every route on `port` is decided from port and client IP alone and relays the
+    /// connection's bytes untouched, so nothing needs to look at them (ports without routes too).
+    pub fn port_relays_blind(&self, port: u16) -> bool {
+        self.by_port.get(&port).is_none_or(|r| r.blind_relay)
+    }
+
     /// Decides from port and client IP alone, if possible.
     pub fn early(&self, port: u16, ip: IpAddr) -> Early {
         for &i in self.candidates(port) {

@@ -28,17 +28,10 @@ pub async fn write_all(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Appends up to `max` bytes already queued on `s` to `out`, without waiting; how many.
+/// Appends up to `max` bytes already queued on `s` to `out`, without waiting; how many (0 also
+/// when reading failed: the relay finds out).
 pub fn read_now(s: &TcpStream, out: &mut Vec<u8>, max: usize) -> usize {
-    let at = out.len();
-    out.resize(at + max, 0);
-    // A plain non-blocking `recv`: the runtime may not know yet that bytes are queued.
-    #[cfg(target_os = "linux")]
-    let n = rustix::net::recv(s, &mut out[at..], rustix::net::RecvFlags::DONTWAIT).map_or(0, |(n, _)| n);
-    #[cfg(not(target_os = "linux"))]
-    let n = s.try_read(&mut out[at..]).unwrap_or(0);
-    out.truncate(at + n);
-    n
+    relay::read_queued(s, out, max).unwrap_or(0)
 }
 
 /// Socket options applied to both sides of a forwarded connection.

@@ -125,9 +125,66 @@ pub enum ProxyHeaderError {
     Invalid(&'static str),
 }
 
-/// Reads the PROXY protocol header a trusted source sends first, consuming exactly its bytes
-/// (the connection's own bytes stay queued for detection), also when it arrives in pieces.
+/// Reads the PROXY protocol header a trusted source sends first, also when it arrives in pieces.
+/// Without `greedy` it consumes exactly the header's bytes (the connection's own bytes stay
+/// queued for detection). With `greedy` (the caller will relay the connection without looking at
+/// its bytes) one read takes the header and whatever followed it, which is returned with it:
+/// one `recv` instead of a peek, a read of the header and a read of the first bytes.
 pub async fn read_proxy_header(
+    stream: &TcpStream,
+    deadline: Instant,
+    greedy: bool,
+) -> Result<(crate::proxy_protocol::Header, Vec<u8>), ProxyHeaderError> {
+    if greedy {
+        return read_proxy_header_greedy(stream, deadline).await;
+    }
+    read_proxy_header_exact(stream, deadline).await.map(|h| (h, Vec::new()))
+}
+
+/// Bytes read at once by the greedy reader (the header and the client's first bytes).
+const GREEDY_READ: usize = 16 * 1024;
+
+async fn read_proxy_header_greedy(
+    stream: &TcpStream,
+    deadline: Instant,
+) -> Result<(crate::proxy_protocol::Header, Vec<u8>), ProxyHeaderError> {
+    use crate::proxy_protocol::{parse, Parsed, MAX_HEADER};
+    let mut buf = Vec::new();
+    let mut attempt = 0;
+    loop {
+        match super::relay::read_queued(stream, &mut buf, GREEDY_READ) {
+            Ok(0) => return Err(ProxyHeaderError::Closed),
+            Ok(_) => match parse(&buf) {
+                Parsed::Header(h) => {
+                    let rest = buf.split_off(h.len);
+                    return Ok((h, rest));
+                }
+                Parsed::Invalid(why) => return Err(ProxyHeaderError::Invalid(why)),
+                // The parser decides within MAX_HEADER bytes; this bounds the buffer regardless.
+                Parsed::Incomplete if buf.len() >= MAX_HEADER => {
+                    return Err(ProxyHeaderError::Invalid("header too long"))
+                }
+                Parsed::Incomplete => {}
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // As in the exact reader: one turn of the scheduler before waiting for readiness.
+                if attempt == 0 {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
+                        .await
+                        .map_err(|_| ProxyHeaderError::Timeout)?
+                        .map_err(|_| ProxyHeaderError::Closed)?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(ProxyHeaderError::Closed),
+        }
+        attempt += 1;
+    }
+}
+
+async fn read_proxy_header_exact(
     stream: &TcpStream,
     deadline: Instant,
 ) -> Result<crate::proxy_protocol::Header, ProxyHeaderError> {
@@ -324,5 +381,72 @@ mod tests {
             out.extend_from_slice(part);
         }
         out
+    }
+
+    /// Both header readers on real sockets: the header alone, in one piece with the client's
+    /// bytes and dripped byte by byte; the exact reader leaves the client's bytes queued, the
+    /// greedy one returns them; junk and silence end in their errors.
+    #[test]
+    fn proxy_header_readers_on_sockets() {
+        use crate::proxy_protocol::{encode, Source, Version};
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let src: std::net::SocketAddr = "192.0.2.7:4321".parse().unwrap();
+            let dst: std::net::SocketAddr = "198.51.100.1:443".parse().unwrap();
+            let lis = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = lis.local_addr().unwrap();
+            for version in [Version::V1, Version::V2] {
+                let header = encode(version, src, dst);
+                for greedy in [false, true] {
+                    for drip in [false, true] {
+                        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                        let (s, _) = lis.accept().await.unwrap();
+                        let wire = [&header[..], b"hello"].concat();
+                        let writer = tokio::spawn(async move {
+                            if drip {
+                                for b in wire {
+                                    c.write_all(&[b]).await.unwrap();
+                                    tokio::time::sleep(Duration::from_millis(1)).await;
+                                }
+                            } else {
+                                c.write_all(&wire).await.unwrap();
+                            }
+                            c
+                        });
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        let (h, mut first) = read_proxy_header(&s, deadline, greedy).await.unwrap();
+                        assert_eq!(h.len, header.len());
+                        assert!(matches!(h.source, Source::Tcp { src: a, .. } if a == src), "{:?}", h.source);
+                        let _c = writer.await.unwrap();
+                        if !greedy {
+                            assert!(first.is_empty());
+                        }
+                        // Whatever was not returned is still queued: together, the client's bytes.
+                        let mut s = s;
+                        while first.len() < 5 {
+                            let mut b = [0u8; 16];
+                            let n = s.read(&mut b).await.unwrap();
+                            first.extend_from_slice(&b[..n]);
+                        }
+                        assert_eq!(first, b"hello", "{version:?} greedy {greedy} drip {drip}");
+                    }
+                }
+            }
+            for greedy in [false, true] {
+                // Junk from a trusted source.
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (s, _) = lis.accept().await.unwrap();
+                c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+                let r = read_proxy_header(&s, Instant::now() + Duration::from_secs(5), greedy).await;
+                assert!(matches!(r, Err(ProxyHeaderError::Invalid(_))), "{r:?}");
+                // Silence until the deadline.
+                let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (s, _) = lis.accept().await.unwrap();
+                let r = read_proxy_header(&s, Instant::now() + Duration::from_millis(50), greedy).await;
+                assert_eq!(r.err(), Some(ProxyHeaderError::Timeout));
+            }
+        });
     }
 }

@@ -216,6 +216,41 @@ fn read_draining(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Appends up to `max` bytes already queued on `src` to `out`, without waiting (through the
+/// worker's scratch buffer: nothing to zero). When the runtime has seen the socket readable the
+/// read goes through [`read_draining`], so a short read clears the readiness and the relay's
+/// first read waits for the next event instead of failing with `EAGAIN`; right after accept the
+/// runtime may not know yet that bytes are queued, and a plain non-blocking `recv` looks anyway.
+pub(super) fn read_queued(src: &TcpStream, out: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    SCRATCH_BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        let buf = &mut b[..max.min(SCRATCH)];
+        let mut asked = false;
+        let r = src.try_io(Interest::READABLE, || {
+            asked = true;
+            Ok(())
+        });
+        let n = match r {
+            Ok(()) if asked => read_draining(src, buf)?,
+            _ => raw_recv(src, buf)?,
+        };
+        out.extend_from_slice(&buf[..n]);
+        Ok(n)
+    })
+}
+
+/// One non-blocking `recv`, whatever the runtime knows of the socket's readiness.
+fn raw_recv(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        Ok(rustix::net::recv(src, buf, rustix::net::RecvFlags::DONTWAIT)?.0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        (&*SockRef::from(src)).read(buf)
+    }
+}
+
 /// Relays until the connection is over; returns who ended it.
 pub async fn relay(client: &TcpStream, backend: &TcpStream, rec: &ConnRecord, half_open: bool) -> RelayEnd {
     let mut up = Half::default(); // client → backend
