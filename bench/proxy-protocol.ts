@@ -10,9 +10,13 @@
 // the same machine noise; each round also reports its own v2/plain ratio ("paired"). The
 // measured proxy's CPU comes from /proc/<pid>/stat over the wrk run; per connection = CPU /
 // completed requests.
+// BACKEND=same: instead of nginx, one small responder for both cells (answers once a request
+// head arrived, whatever came before it), so the backend does the same work in both and only
+// the proxies differ. On loopback the receiver's TCP work runs in the sender's system call, so
+// nginx parsing a header (and waking differently) shows up in the measured proxy's CPU.
 // Uses the release addon: run `pnpm run build` first.
 //
-//   node --import tsx bench/proxy-protocol.ts      env: ROUNDS (3), SECONDS (8), CONNS (20), RATE
+//   node --import tsx bench/proxy-protocol.ts      env: ROUNDS (3), SECONDS (8), CONNS (20), RATE, BACKEND
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
@@ -25,6 +29,19 @@ const SECONDS = Number(process.env.SECONDS || 8);
 const CONNS = Number(process.env.CONNS || 20);
 // RATE > 0: an open-loop load of RATE connections per second per chain instead of wrk.
 const RATE = Number(process.env.RATE || 0);
+const SAME_BACKEND = process.env.BACKEND === 'same';
+const WARMUP = Number(process.env.WARMUP || 3);
+
+/** The responder of BACKEND=same, in its own process on CPU 0. */
+async function sameBackend(port: number): Promise<{ stop: () => Promise<void> }> {
+  const code = `const net = require('node:net');
+net.createServer((s) => { let head = ''; s.on('error', () => {}); s.on('data', (d) => { head += d.toString('latin1');
+  if (head.includes('\\r\\n\\r\\n')) s.end('HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok'); }); })
+  .listen(${port}, '127.0.0.1', () => console.log('up'));`;
+  const child = spawn('taskset', ['-c', '0', process.execPath, '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise((r) => child.stdout!.once('data', r));
+  return { stop: () => new Promise<void>((r) => (child.once('exit', () => r()), child.kill('SIGTERM'))) };
+}
 const root = join(import.meta.dirname, '..');
 const TICK_US = 1e6 / Number(execFileSync('getconf', ['CLK_TCK']).toString().trim());
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -79,10 +96,11 @@ function wrk(port: number): Promise<number> {
 /** An open-loop load at RATE new connections per second to each of `ports` (the same offered
  * load for every chain, so no cell runs at a lower rate because its chain is slower); one HTTP
  * request per connection. Connections completed per port. */
-async function paced(ports: number[]): Promise<number[]> {
+async function paced(ports: number[], seconds = SECONDS): Promise<number[]> {
   const done = ports.map(() => 0);
   const perTick = RATE / 100;
   let owed = 0;
+  let turn = 0;
   const pending = new Set<Promise<void>>();
   const one = (i: number) => {
     const p = new Promise<void>((resolve) => {
@@ -97,12 +115,13 @@ async function paced(ports: number[]): Promise<number[]> {
     pending.add(p);
     p.then(() => pending.delete(p));
   };
-  const until = Date.now() + SECONDS * 1000;
+  const until = Date.now() + seconds * 1000;
   await new Promise<void>((resolve) => {
     const t = setInterval(() => {
       if (Date.now() >= until) return clearInterval(t), resolve();
       owed += perTick;
-      for (; owed >= 1; owed--) ports.forEach((_, i) => one(i));
+      // Alternating which chain gets the first connection of each tick.
+      for (; owed >= 1; owed--, turn++) ports.forEach((_, k) => one((k + turn) % ports.length));
     }, 10);
   });
   await Promise.all(pending);
@@ -117,6 +136,8 @@ async function main() {
     plainBackend,
   );
   pin(Number(execFileSync('pgrep', ['-n', '-f', 'nginx: worker']).toString().trim()), 0);
+  const [samePort] = await h.freePorts(1);
+  const same = SAME_BACKEND ? await sameBackend(samePort) : null;
   const cells: Record<string, number[]> = {};
   try {
     for (let round = 0; round < ROUNDS; round++) {
@@ -127,13 +148,15 @@ async function main() {
         try {
           const ms = [];
           for (const c of chains) {
-            const m = await measured(kind, c.v2, c.port, c.v2 ? ppBackend : plainBackend);
+            const m = await measured(kind, c.v2, c.port, same ? samePort : c.v2 ? ppBackend : plainBackend);
             started.push(m);
             ms.push(m);
             const lb = await startHaproxy(`frontend f\n  mode tcp\n  bind 127.0.0.1:${c.front}\n  default_backend b\nbackend b\n  mode tcp\n  server s1 127.0.0.1:${c.port}${c.v2 ? ' send-proxy-v2' : ''}\n`, c.front);
             started.push({ stop: lb.close });
           }
-          await Promise.all(chains.map((c) => wrk(c.front))); // warm-up (and a check that the chains answer)
+          // Warm-up (and a check that the chains answer), with the load that is measured.
+          if (RATE) await paced(chains.map((c) => c.front), WARMUP);
+          else await Promise.all(chains.map((c) => wrk(c.front)));
           const c0 = ms.map((m) => cpuUs(m.pid));
           const ns = RATE ? await paced(chains.map((c) => c.front)) : await Promise.all(chains.map((c) => wrk(c.front)));
           chains.forEach((c, i) => {
@@ -148,6 +171,7 @@ async function main() {
       }
     }
   } finally {
+    await same?.stop();
     await nginx.close();
   }
   console.log(`\n| proxy (median of ${ROUNDS}; range) | without a header (µs/conn) | v2 in and out (µs/conn) | ratio | paired |`);

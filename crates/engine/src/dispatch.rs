@@ -224,8 +224,14 @@ async fn serve(
         // The client's first bytes, when already queued, go in the same segment (one send and
         // one loopback or wire traversal instead of two); a server-first protocol waits for
         // nothing, as nothing is held back.
-        out.extend_from_slice(&first);
-        let n = first.len() + tcp::read_now(&stream, &mut out, FIRST_BYTES_WITH_HEADER.saturating_sub(first.len()));
+        // Bytes read with the inbound header are the client's first flight: no second look
+        // (it would find nothing, one `recv` more); later bytes go through the relay.
+        let n = if first.is_empty() {
+            tcp::read_now(&stream, &mut out, FIRST_BYTES_WITH_HEADER)
+        } else {
+            out.extend_from_slice(&first);
+            first.len()
+        };
         if n > 0 {
             guard.rec.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             guard.rec.touch();
