@@ -292,6 +292,16 @@ export function forward(name: string, ports: any, port: number | 'preserve', ext
   };
 }
 
+/** A backend (`httpNameServer('b')`), a free port, a certificate for `domain`, and a route
+ * `name` that terminates TLS for `domain` on that port and forwards to the backend. */
+export async function terminatingSetup(domain: string, name: string) {
+  const cert = makeCert(domain);
+  const backend = await httpNameServer('b');
+  const port = await freePort();
+  const route = forward(name, port, backend.port, { match: { domains: domain }, action: { tls: { mode: 'terminate', certificate: cert } } });
+  return { cert, backend, port, route };
+}
+
 export interface H2Answer {
   head: http2.IncomingHttpHeaders;
   body: Buffer;

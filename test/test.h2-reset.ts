@@ -8,17 +8,14 @@ import * as http2 from 'node:http2';
 import { SmartProxy } from '../index.js';
 import * as h from './helpers.js';
 
-const cert = h.makeCert('reset.test');
 let proxy: SmartProxy;
 let port: number;
 let backend: h.TestServer;
 
 tap.test('setup', async () => {
-  backend = await h.httpNameServer('b');
-  port = await h.freePort();
-  proxy = new SmartProxy({
-    routes: [{ name: 'h2', match: { ports: port, domains: 'reset.test' }, action: { type: 'forward', target: { host: h.HOST, port: backend.port }, tls: { mode: 'terminate', certificate: cert } } }],
-  });
+  const setup = await h.terminatingSetup('reset.test', 'h2');
+  ({ port, backend } = setup);
+  proxy = new SmartProxy({ routes: [setup.route] });
   await proxy.start();
 });
 

@@ -8,21 +8,15 @@ import * as tls from 'node:tls';
 import { SmartProxy } from '../index.js';
 import * as h from './helpers.js';
 
-const cert = h.makeCert('refuse.test');
 let proxy: SmartProxy;
 let port: number;
 let backend: h.TestServer;
+let cert: h.Cert;
 
 tap.test('setup', async () => {
-  backend = await h.httpNameServer('b');
-  port = await h.freePort();
-  proxy = new SmartProxy({
-    maxConnectionsPerIP: 0,
-    connectionRateLimitPerMinute: 0,
-    routes: [
-      { name: 'tls', match: { ports: port, domains: 'refuse.test' }, action: { type: 'forward', target: { host: h.HOST, port: backend.port }, tls: { mode: 'terminate', certificate: cert } } },
-    ],
-  });
+  const setup = await h.terminatingSetup('refuse.test', 'tls');
+  ({ port, backend, cert } = setup);
+  proxy = new SmartProxy({ maxConnectionsPerIP: 0, connectionRateLimitPerMinute: 0, routes: [setup.route] });
   await proxy.start();
 });
 

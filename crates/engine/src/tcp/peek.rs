@@ -156,8 +156,9 @@ async fn read_proxy_header_greedy(
             Ok(0) => return Err(ProxyHeaderError::Closed),
             Ok(_) => match parse(&buf) {
                 Parsed::Header(h) => {
-                    let rest = buf.split_off(h.len);
-                    return Ok((h, rest));
+                    // The client's bytes stay in the same buffer (no second allocation).
+                    buf.drain(..h.len);
+                    return Ok((h, buf));
                 }
                 Parsed::Invalid(why) => return Err(ProxyHeaderError::Invalid(why)),
                 // The parser decides within MAX_HEADER bytes; this bounds the buffer regardless.
