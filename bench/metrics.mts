@@ -116,8 +116,8 @@ const modes: [string, object][] = [
   ['metrics on', {}],
   ['metrics on + access log', { accessLog: { path: join(dir, 'access.log'), format: 'json' } }],
 ];
-const results: Record<string, { http: number[]; tcp: number[] }> = {};
-for (const [name] of modes) results[name] = { http: [], tcp: [] };
+const results: Record<string, { http: number[]; tcp: number[]; rps: number[]; cps: number[] }> = {};
+for (const [name] of modes) results[name] = { http: [], tcp: [], rps: [], cps: [] };
 for (let round = 0; round < ROUNDS; round++) {
   // All modes run at once, side by side under the same load and the same machine noise; CPU is
   // read per proxy process. Each round starts them in another order.
@@ -128,9 +128,11 @@ for (let round = 0; round < ROUNDS; round++) {
   let c0 = ps.map((p) => cpuSeconds(p.pid));
   const reqs = await Promise.all(ps.map((p) => wrk(p.ports.http)));
   ps.forEach((p, i) => results[order[i][0]].http.push(((cpuSeconds(p.pid) - c0[i]) / reqs[i]) * 1e6));
+  ps.forEach((_, i) => results[order[i][0]].rps.push(reqs[i] / SECONDS));
   c0 = ps.map((p) => cpuSeconds(p.pid));
   const conns = await connLoop(ps.map((p) => p.ports.tcp));
   ps.forEach((p, i) => results[order[i][0]].tcp.push(((cpuSeconds(p.pid) - c0[i]) / conns[i]) * 1e6));
+  ps.forEach((_, i) => results[order[i][0]].cps.push(conns[i] / SECONDS));
   for (const p of ps) await p.stop();
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -146,6 +148,15 @@ for (const [name] of modes) {
     `| ${name} | ${median(r.http).toFixed(2)} | ${(median(r.http) / median(base.http)).toFixed(3)} | ${paired(r.http, base.http).toFixed(3)} ` +
       `| ${median(r.tcp).toFixed(1)} | ${(median(r.tcp) / median(base.tcp)).toFixed(3)} | ${paired(r.tcp, base.tcp).toFixed(3)} |`,
   );
+}
+// Throughput: each proxy's requests (wrk) and connections per second in the same rounds (the
+// connection loops go round the proxies in turn, so their rates are equal by construction).
+console.log(`\nThroughput (median of ${ROUNDS} rounds, the three proxies loaded at once)`);
+console.log('| mode | HTTP requests/s | ratio | TCP connections/s |');
+console.log('|---|---|---|---|');
+for (const [name] of modes) {
+  const r = results[name];
+  console.log(`| ${name} | ${median(r.rps).toFixed(0)} | ${paired(r.rps, base.rps).toFixed(3)} | ${median(r.cps).toFixed(0)} |`);
 }
 if (process.env.VERBOSE) console.log(JSON.stringify(results));
 
