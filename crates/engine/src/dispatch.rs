@@ -88,7 +88,11 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, sh: Arc<Engi
     // One routing snapshot for the connection's whole plan: whether its bytes may be read with a
     // PROXY header is decided on the same routes that then plan it.
     let snap = sh.snapshot.load_full();
-    let blind = snap.table.port_relays_blind(port) && !sh.acme.answers_on(port) && sh.acme.alpn.is_empty();
+    // Only asked when PROXY headers are accepted at all (no lookup otherwise).
+    let blind = o.accept_proxy_protocol
+        && snap.table.port_relays_blind(port)
+        && !sh.acme.answers_on(port)
+        && sh.acme.alpn.is_empty();
     let Accepted { client, header, first } = match ClientAddr::of(&stream, peer, o, blind).await {
         Ok(c) => c,
         Err(reason) => {
