@@ -286,6 +286,12 @@ export interface ISmartProxyOptions {
   proxyIPs?: string[];
   /** Read that header from `proxyIPs` (default: true when `proxyIPs` is given). */
   acceptProxyProtocol?: boolean;
+  /**
+   * Not in upstream. Accept a connection once its first bytes arrived (Linux `TCP_DEFER_ACCEPT`):
+   * saves a wake-up and a read per connection. A client that waits for the server to speak first
+   * (SMTP, MySQL, FTP) connecting directly waits about a second. Default: `acceptProxyProtocol`.
+   */
+  deferAccept?: boolean;
   /** PROXY protocol header to every backend connection, unless a route or target says otherwise. */
   sendProxyProtocol?: TSendProxyProtocol;
   defaults?: {

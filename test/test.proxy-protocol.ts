@@ -156,6 +156,33 @@ tap.test('malformed, oversize and missing headers close the connection; nothing 
   });
 });
 
+tap.test('deferAccept: on with acceptProxyProtocol, a connection is taken when its first bytes arrive', async () => {
+  // A server-first socket handler, and a client (untrusted here) that waits for it to speak:
+  // with the deferral the kernel hands the connection over after about a second (one SYN-ACK
+  // retransmission), without it at once. Both ports answer a client that speaks first at once.
+  const speaksFirst = (p: number) => [{ name: 'banner', match: { ports: p }, action: { type: 'socket-handler' as const, socketHandler: (s: net.Socket) => s.end('220 hi\n') } }];
+  const firstByte = async (p: number, send?: Buffer) => {
+    const t0 = Date.now();
+    const r = await exchange(p, send ? [send] : []);
+    expect(r.text).toEqual('220 hi\n');
+    return Date.now() - t0;
+  };
+  const [dPort, nPort] = await h.freePorts(2);
+  const deferred = new SmartProxy({ proxyIPs: ['127.0.0.2'], routes: speaksFirst(dPort) });
+  const prompt = new SmartProxy({ proxyIPs: ['127.0.0.2'], deferAccept: false, routes: speaksFirst(nPort) });
+  await deferred.start();
+  await prompt.start();
+  try {
+    await firstByte(nPort); // warms the socket-handler bridge
+    expect(await firstByte(nPort)).toBeLessThan(900);
+    expect(await firstByte(dPort, Buffer.from('EHLO x\r\n'))).toBeLessThan(900);
+    expect(await firstByte(dPort)).toBeGreaterThanOrEqual(900);
+  } finally {
+    await deferred.stop();
+    await prompt.stop();
+  }
+});
+
 tap.test('an untrusted source that sends a header: its bytes are the client\'s data', async () => {
   const p2port = await h.freePort();
   const p2 = new SmartProxy({

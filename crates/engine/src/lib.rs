@@ -7,7 +7,8 @@
 //! engine's [`context`], per-route [`state`], the certificate store in [`tls`]. [`proxy`] owns
 //! the lifecycle and the ports. The binding crate (`src/` at the workspace root) converts types
 //! and maps errors; it owns no proxy logic. `docs/architecture.md` walks through it all.
-#![forbid(unsafe_code)]
+// Denied everywhere; `listener::sockopt` is the one module that allows it (one setsockopt).
+#![deny(unsafe_code)]
 
 pub mod access_log;
 pub mod acme;

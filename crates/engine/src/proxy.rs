@@ -296,7 +296,7 @@ impl Proxy {
         {
             let _ctx = rt.enter();
             for &port in &diff.bind {
-                match listener::bind(port, run.shared.socket_options()) {
+                match listener::bind(port, run.shared.socket_options(), run.shared.options.defer_accept) {
                     Ok(l) => fresh.push((port, l)),
                     // Dropping `fresh` closes what this call bound so far.
                     Err(source) => return Err(EngineError::Bind { port, source }),
@@ -411,7 +411,8 @@ impl Proxy {
         let rt = run.rt.as_ref().ok_or_else(|| EngineError::Internal("runtime missing".into()))?;
         let l = {
             let _ctx = rt.enter();
-            listener::bind(port, run.shared.socket_options()).map_err(|source| EngineError::Bind { port, source })?
+            listener::bind(port, run.shared.socket_options(), run.shared.options.defer_accept)
+                .map_err(|source| EngineError::Bind { port, source })?
         };
         let stop = CancellationToken::new();
         let accept = rt.spawn(listener::accept_loop(l, port, run.shared.clone(), stop.clone()));

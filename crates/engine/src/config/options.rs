@@ -89,6 +89,10 @@ pub struct ProxyOptions {
     pub accept_proxy_protocol: bool,
     /// `sendProxyProtocol`: the header backends get unless a route or target says otherwise.
     pub send_proxy_protocol: SendProxy,
+    /// `deferAccept` (an extension): listening ports accept a connection once its first bytes
+    /// arrived (Linux `TCP_DEFER_ACCEPT`). Default: `acceptProxyProtocol` (balancers send
+    /// their header first).
+    pub defer_accept: bool,
     /// `httpFirstRequestTimeout`: how long an HTTP connection may wait for its first request
     /// (after the TLS handshake); `None`: `initialDataTimeout`.
     pub http_first_request_timeout: Option<Duration>,
@@ -135,6 +139,7 @@ impl Default for ProxyOptions {
             cert_provision_fallback_to_acme: true,
             proxy_ips: Vec::new(),
             accept_proxy_protocol: false,
+            defer_accept: false,
             send_proxy_protocol: None,
             http_first_request_timeout: None,
             http_keep_alive_timeout: Duration::from_millis(60_000),
@@ -460,6 +465,7 @@ pub fn parse_options(v: &Value) -> CResult<(ProxyOptions, Vec<String>)> {
             ));
         }
         o.accept_proxy_protocol = accept.unwrap_or(!o.proxy_ips.is_empty());
+        o.defer_accept = opt(at, "deferAccept", |a| a.bool())?.unwrap_or(o.accept_proxy_protocol);
         o.send_proxy_protocol = opt(at, "sendProxyProtocol", read_send_proxy)?.flatten();
         o.http_first_request_timeout = opt(at, "httpFirstRequestTimeout", ms)?;
         if let Some(f) = at.get("certProvisionFunction").filter(|v| !v.is_null()) {

@@ -118,6 +118,16 @@ fn options_defaults_and_errors() {
         parse_options(&json!({"sendProxyProtocol": "v2", "proxyIPs": ["10.0.0.*"], "acceptProxyProtocol": false}))
             .unwrap();
     assert_eq!((o.send_proxy_protocol, o.accept_proxy_protocol), (Some(Version::V2), false));
+    // deferAccept follows acceptProxyProtocol unless given.
+    assert!(!o.defer_accept);
+    let (o, _) = parse_options(&json!({"proxyIPs": ["10.0.0.1"]})).unwrap();
+    assert!(o.defer_accept);
+    let (o, _) = parse_options(&json!({"proxyIPs": ["10.0.0.1"], "deferAccept": false})).unwrap();
+    assert!(!o.defer_accept && o.accept_proxy_protocol);
+    assert!(parse_options(&json!({"deferAccept": true})).unwrap().0.defer_accept);
+    assert!(!parse_options(&json!({})).unwrap().0.defer_accept);
+    let e = parse_options(&json!({"deferAccept": "yes"})).unwrap_err();
+    assert_eq!(e.to_string(), "options.deferAccept: expected a boolean, got \"yes\"");
     assert_eq!(parse_options(&json!({})).unwrap().0.send_proxy_protocol, None);
     let e = parse_options(&json!({"sendProxyProtocol": "v3"})).unwrap_err();
     assert!(e.to_string().contains("options.sendProxyProtocol"), "{e}");

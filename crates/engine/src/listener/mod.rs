@@ -10,14 +10,24 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod sockopt;
+
 /// Pending-connection queue per listener (the kernel caps it at `somaxconn`).
 const BACKLOG: i32 = 4096;
+
+/// With `deferAccept`, how long the kernel holds a connection that has sent nothing before
+/// handing it over anyway: the shortest period it knows (one SYN-ACK retransmission), so a
+/// client of a server-first protocol waits about a second at most.
+const DEFER_ACCEPT_SECS: u32 = 1;
 
 /// Binds `port` on all interfaces: dual-stack `[::]` where IPv6 exists (as Node's
 /// `server.listen(port)` does), else `0.0.0.0`. Must run inside the proxy runtime's context.
 /// `TCP_NODELAY` and keep-alive are set on the listening socket: Linux clones them into every
 /// accepted socket, which saves three syscalls per connection (tested below).
-pub fn bind(port: u16, opts: crate::tcp::SocketOptions) -> io::Result<TcpListener> {
+/// With `defer_accept` (`deferAccept`), a connection is accepted once its first bytes arrived
+/// (`TCP_DEFER_ACCEPT`): no wake-up, and no read that finds nothing, between the handshake and
+/// the client's first bytes.
+pub fn bind(port: u16, opts: crate::tcp::SocketOptions, defer_accept: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let v6 = (|| -> io::Result<Socket> {
         let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
@@ -33,6 +43,9 @@ pub fn bind(port: u16, opts: crate::tcp::SocketOptions) -> io::Result<TcpListene
     sock.set_reuse_address(true)?;
     sock.set_nonblocking(true)?;
     crate::tcp::apply_socket(&sock, opts);
+    if defer_accept {
+        sockopt::set_defer_accept(&sock, DEFER_ACCEPT_SECS)?;
+    }
     sock.bind(&addr.into())?;
     sock.listen(BACKLOG)?;
     TcpListener::from_std(sock.into())
@@ -123,7 +136,7 @@ mod tests {
             keep_alive: Some(std::time::Duration::from_secs(7)),
             probes: true,
         };
-        let l = bind(0, opts).unwrap();
+        let l = bind(0, opts, false).unwrap();
         let port = l.local_addr().unwrap().port();
         let _c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
@@ -133,11 +146,36 @@ mod tests {
         assert_eq!(r.tcp_keepalive_time().unwrap(), std::time::Duration::from_secs(7));
         assert_eq!(r.tcp_keepalive_interval().unwrap(), crate::tcp::PROBE_INTERVAL);
         assert_eq!(r.tcp_keepalive_retries().unwrap(), crate::tcp::PROBE_COUNT);
-        let plain = bind(0, crate::tcp::SocketOptions { no_delay: false, keep_alive: None, probes: false }).unwrap();
+        let plain =
+            bind(0, crate::tcp::SocketOptions { no_delay: false, keep_alive: None, probes: false }, false).unwrap();
         let port = plain.local_addr().unwrap().port();
         let _c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let (s, _) = plain.accept().await.unwrap();
         assert!(!socket2::SockRef::from(&s).keepalive().unwrap());
+    }
+
+    /// `deferAccept`: a connection that has sent nothing is not handed over; its first bytes
+    /// make it acceptable. Without the option the handshake alone does.
+    #[tokio::test]
+    async fn deferred_accept_waits_for_the_first_bytes() {
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let opts = crate::tcp::SocketOptions { no_delay: true, keep_alive: None, probes: false };
+        let l = bind(0, opts, true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), l.accept()).await;
+        assert!(early.is_err(), "accepted before any byte arrived");
+        c.write_all(b"PROXY").await.unwrap();
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(5), l.accept()).await.unwrap().unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"PROXY");
+
+        let l = bind(0, opts, false).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(5), l.accept()).await.is_ok());
     }
 
     #[tokio::test]

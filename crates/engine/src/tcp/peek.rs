@@ -150,8 +150,16 @@ async fn read_proxy_header_greedy(
 ) -> Result<(crate::proxy_protocol::Header, Vec<u8>), ProxyHeaderError> {
     use crate::proxy_protocol::{parse, Parsed, MAX_HEADER};
     let mut buf = Vec::new();
-    let mut attempt = 0;
     loop {
+        // The runtime takes a new socket for readable, so the first pass reads at once (with
+        // `deferAccept` the header is there: the connection was accepted when it arrived). A
+        // read that finds nothing clears that readiness, so the next pass waits for the event
+        // of the balancer's bytes instead of reading again; a short read clears it too, so the
+        // relay's first read waits for new bytes instead of failing with `EAGAIN`.
+        tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
+            .await
+            .map_err(|_| ProxyHeaderError::Timeout)?
+            .map_err(|_| ProxyHeaderError::Closed)?;
         match super::relay::read_queued(stream, &mut buf, GREEDY_READ) {
             Ok(0) => return Err(ProxyHeaderError::Closed),
             Ok(_) => match parse(&buf) {
@@ -167,21 +175,9 @@ async fn read_proxy_header_greedy(
                 }
                 Parsed::Incomplete => {}
             },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // As in the exact reader: one turn of the scheduler before waiting for readiness.
-                if attempt == 0 {
-                    tokio::task::yield_now().await;
-                } else {
-                    tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE))
-                        .await
-                        .map_err(|_| ProxyHeaderError::Timeout)?
-                        .map_err(|_| ProxyHeaderError::Closed)?;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             Err(_) => return Err(ProxyHeaderError::Closed),
         }
-        attempt += 1;
     }
 }
 
