@@ -16,7 +16,8 @@
 // nginx parsing a header (and waking differently) shows up in the measured proxy's CPU.
 // Uses the release addon: run `pnpm run build` first.
 //
-//   node --import tsx bench/proxy-protocol.ts      env: ROUNDS (3), SECONDS (8), CONNS (20), RATE, BACKEND
+//   node --import tsx bench/proxy-protocol.ts      env: ROUNDS (3), SECONDS (8), CONNS (20), RATE, BACKEND,
+//   HAPROXY_DEFER
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import * as net from 'node:net';
@@ -31,6 +32,9 @@ const CONNS = Number(process.env.CONNS || 20);
 const RATE = Number(process.env.RATE || 0);
 const SAME_BACKEND = process.env.BACKEND === 'same';
 const WARMUP = Number(process.env.WARMUP || 3);
+// HAPROXY_DEFER=1: HAProxy's v2 cell binds with `defer-accept`, the counterpart of our
+// `deferAccept` (on by default with acceptProxyProtocol; HAProxy's is opt-in).
+const HAPROXY_DEFER = process.env.HAPROXY_DEFER === '1';
 
 /** The responder of BACKEND=same, in its own process on CPU 0. */
 async function sameBackend(port: number): Promise<{ stop: () => Promise<void> }> {
@@ -71,7 +75,7 @@ async function measured(kind: 'ours' | 'haproxy', v2: boolean, port: number, bac
     };
   }
   const peer: Peer & { pid?: number } = await startHaproxy(
-    `global\n  nbthread 1\nfrontend m\n  mode tcp\n  bind 127.0.0.1:${port}${v2 ? ' accept-proxy' : ''}\n  default_backend b\nbackend b\n  mode tcp\n  server s1 127.0.0.1:${backend}${v2 ? ' send-proxy-v2' : ''}\n`,
+    `global\n  nbthread 1\nfrontend m\n  mode tcp\n  bind 127.0.0.1:${port}${v2 ? ' accept-proxy' : ''}${v2 && HAPROXY_DEFER ? ' defer-accept' : ''}\n  default_backend b\nbackend b\n  mode tcp\n  server s1 127.0.0.1:${backend}${v2 ? ' send-proxy-v2' : ''}\n`,
     port,
   );
   const pid = Number(execFileSync('pgrep', ['-n', '-f', `haproxy.*spn-haproxy`]).toString().trim());
