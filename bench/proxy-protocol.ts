@@ -14,6 +14,9 @@
 // head arrived, whatever came before it), so the backend does the same work in both and only
 // the proxies differ. On loopback the receiver's TCP work runs in the sender's system call, so
 // nginx parsing a header (and waking differently) shows up in the measured proxy's CPU.
+// Our v2 cell runs with the defaults a user gets: `proxyIPs` turns `acceptProxyProtocol` on, and
+// with it `deferAccept` (connections accepted once the header arrived); HAProxy's counterpart,
+// `defer-accept`, is opt-in (HAPROXY_DEFER=1).
 // Uses the release addon: run `pnpm run build` first.
 //
 //   node --import tsx bench/proxy-protocol.ts      env: ROUNDS (3), SECONDS (8), CONNS (20), RATE, BACKEND,
