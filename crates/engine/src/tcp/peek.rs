@@ -189,21 +189,10 @@ async fn read_proxy_header_exact(
     let peeker = Peeker::new(stream).map_err(|_| ProxyHeaderError::Closed)?;
     // A v1 header, or a v2 header with addresses and a few TLVs, fits at once.
     let mut buf = vec![0u8; 256.max(V1_MAX)];
+    // Nothing seen yet: the first pass of the loop peeks at once (the runtime takes a new socket
+    // for readable; with `deferAccept` the header is there), and a peek that finds nothing
+    // clears that readiness, so the next one waits for the balancer's bytes.
     let mut have = 0usize;
-    // Balancers send the header with or right after the handshake: it is usually queued by the
-    // time the connection is accepted, so look before waiting for readiness (a reactor turn).
-    for attempt in 0..2 {
-        match peeker.peek(&mut buf) {
-            Ok(n) => {
-                have = n;
-                break;
-            }
-            // Not there yet: it usually follows the handshake within microseconds; one turn
-            // of the scheduler is cheaper than registering for readiness and being woken.
-            Err(_) if attempt == 0 => tokio::task::yield_now().await,
-            Err(_) => {}
-        }
-    }
     let header = loop {
         match parse(&buf[..have]) {
             Parsed::Header(h) => break h,
