@@ -178,7 +178,8 @@ export interface IRouteAdvanced {
   headers?: Record<string, string>;
   keepAlive?: boolean;
   staticFiles?: { root: string; index?: string[]; headers?: Record<string, string>; directory?: string; indexFiles?: string[]; cacheControl?: string; expires?: number; followSymlinks?: boolean; disableDirectoryListing?: boolean };
-  testResponse?: { status: number; headers: Record<string, string>; body: string };
+  /** The proxy answers every request of the route with this (no backend is asked). `headers` and `body` may be left out here. */
+  testResponse?: { status: number; headers?: Record<string, string>; body?: string };
   urlRewrite?: { pattern: string; target: string; flags?: string; onlyRewritePath?: boolean };
 }
 

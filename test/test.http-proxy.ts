@@ -127,6 +127,51 @@ tap.test('CORS: preflight answered by the proxy, headers on responses for allowe
   expect(other.headers['access-control-allow-origin']).toBeUndefined();
 });
 
+tap.test('advanced.testResponse: the proxy answers every request itself (HTTP/1.1, HTTP/2); the backend is never asked', async () => {
+  let asked = 0;
+  const backend = http.createServer((_q, r) => (asked++, r.end('backend')));
+  await new Promise<void>((r) => backend.listen(0, '127.0.0.1', () => r()));
+  const bport = (backend.address() as net.AddressInfo).port;
+  const [plain, raw, secure] = await h.freePorts(3);
+  const cert = h.makeCert('fixed.test');
+  const testResponse = { status: 418, headers: { 'Content-Type': 'text/plain', 'X-Fixed': 'yes' }, body: 'short and stout' };
+  const p = new SmartProxy({
+    routes: [
+      h.forward('fixed', plain, bport, { match: { domains: 'fixed.test' }, action: { advanced: { testResponse } } }),
+      h.forward('fixed-any', raw, bport, { action: { advanced: { testResponse: { status: 503, body: '' } } } }),
+      h.forward('fixed-tls', secure, bport, { match: { domains: 'fixed.test' }, action: { tls: { mode: 'terminate', certificate: cert }, advanced: { testResponse } } }),
+    ],
+  });
+  await p.start();
+  const h2 = await import('node:http2');
+  const session = h2.connect(`https://127.0.0.1:${secure}`, { servername: 'fixed.test', ca: cert.cert });
+  try {
+    for (const r of [
+      await request({ port: plain, path: '/a', headers: { host: 'fixed.test' } }),
+      await request({ port: plain, method: 'POST', path: '/b', headers: { host: 'fixed.test' }, body: 'payload' }),
+    ]) {
+      expect([r.status, r.text, r.headers['x-fixed'], r.headers['content-type'], r.headers['content-length']]).toEqual([418, 'short and stout', 'yes', 'text/plain', '15']);
+    }
+    const a = await h.h2Ask(session, { ':path': '/c', ':authority': 'fixed.test' });
+    expect([a.head[':status'], a.body.toString(), a.head['x-fixed']]).toEqual([418, 'short and stout', 'yes']);
+    // A route without domains: HTTP gets the answer; bytes that are not HTTP are refused (never
+    // relayed to the backend around the fixed answer).
+    expect((await request({ port: raw, path: '/', headers: { host: 'x' } })).status).toEqual(503);
+    const s = await h.connect(raw);
+    const got: Buffer[] = [];
+    s.on('data', (d) => got.push(d));
+    s.on('error', () => {});
+    s.write('SSH-2.0-client not http\r\n\r\n');
+    await h.closed(s);
+    expect(Buffer.concat(got).length).toEqual(0);
+    expect(asked).toEqual(0);
+  } finally {
+    session.close();
+    await p.stop();
+    await new Promise((r) => backend.close(r));
+  }
+});
+
 tap.test('URL rewrite', async () => {
   const r = await request({ path: '/old/page?keep=1', headers: { host: 'app.test' } });
   expect(r.json.url).toEqual('/new/page?keep=1');

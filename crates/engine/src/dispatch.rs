@@ -376,8 +376,9 @@ async fn plan(
     let target = match idx {
         Some(i) => {
             let route = table.route(i);
-            if route.route.security.needs_http() {
-                // Authentication and rate limits only exist per HTTP request: never relay around them.
+            if route.http_only() {
+                // Authentication, rate limits and a fixed answer only exist per HTTP request:
+                // never relay around them.
                 return Err(Termination::HttpRequired);
             }
             is_tls |= route.tls_mode().is_some();

@@ -1,4 +1,5 @@
-//! Route HTTP options: header templates, CORS, URL rewrites, WebSocket options, timeouts.
+//! Route HTTP options: header templates, CORS, URL rewrites, WebSocket options, timeouts, the
+//! fixed test response.
 
 use super::reader::{join, opt, At, ReadResult};
 use super::*;
@@ -31,6 +32,15 @@ pub struct UrlRewrite {
     pub global: bool,
     /// Rewrite only the path, keeping the query string.
     pub only_path: bool,
+}
+
+/// `advanced.testResponse`: the answer to every request the route takes, given by the proxy
+/// itself (no backend is asked).
+#[derive(Debug, Clone)]
+pub struct TestResponse {
+    pub status: http::StatusCode,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: bytes::Bytes,
 }
 
 /// WebSocket options of a route (`action.websocket`).
@@ -67,6 +77,7 @@ pub struct HttpOptions {
     pub websocket: Option<WebSocketOptions>,
     /// `advanced.timeout`: how long to wait for the backend's response headers.
     pub request_timeout: Option<Duration>,
+    pub test_response: Option<TestResponse>,
 }
 
 pub(super) fn header_templates(at: At) -> ReadResult<Vec<HeaderTemplate>> {
@@ -89,6 +100,40 @@ pub(super) fn header_templates(at: At) -> ReadResult<Vec<HeaderTemplate>> {
             Ok(HeaderTemplate { name, value })
         })
         .collect()
+}
+
+/// `{ status, headers?, body? }`: a final status (200-599), literal header values (the framing
+/// fields are the proxy's: `content-length` comes from the body), a text body.
+fn parse_test_response(t: At) -> ReadResult<TestResponse> {
+    t.obj()?;
+    let status = opt(t, "status", |x| {
+        let n = x.uint()?;
+        match u16::try_from(n).ok().filter(|n| (200..=599).contains(n)).map(http::StatusCode::from_u16) {
+            Some(Ok(s)) => Ok(s),
+            _ => x.err(format!("a final status 200-599, got {n}")),
+        }
+    })?
+    .map_or_else(|| t.err("status is required"), Ok)?;
+    let mut headers = Vec::new();
+    if let Some(h) = t.get("headers").filter(|v| !v.is_null()) {
+        let path = join(t.path, "headers");
+        let at = At::new(h, &path);
+        for (k, v) in at.obj()? {
+            let p = join(at.path, k);
+            let x = At::new(v, &p);
+            let name = http::HeaderName::from_bytes(k.as_bytes()).or_else(|_| x.err("invalid header name"))?;
+            if name == http::header::CONTENT_LENGTH || crate::http::headers::is_hop_by_hop(name.as_str()) {
+                return x.err("set by the proxy (the length comes from body)");
+            }
+            let value = http::HeaderValue::from_str(x.str()?).or_else(|_| x.err("invalid header value"))?;
+            headers.push((name, value));
+        }
+    }
+    let body = opt(t, "body", |x| x.str().map(str::to_owned))?.unwrap_or_default();
+    if !body.is_empty() && matches!(status.as_u16(), 204 | 304) {
+        return t.err(format!("a {} response has no body", status.as_u16()));
+    }
+    Ok(TestResponse { status, headers, body: body.into() })
 }
 
 pub(super) fn parse_http_options(a: At, route_headers: Option<&Value>) -> CResult<HttpOptions> {
@@ -122,11 +167,10 @@ pub(super) fn parse_http_options(a: At, route_headers: Option<&Value>) -> CResul
     if let Some(adv) = a.get("advanced") {
         let adv = At::new(adv, "action.advanced");
         adv.obj()?;
-        for key in ["staticFiles", "testResponse"] {
-            if adv.has(key) {
-                return unsupported(format!("action.advanced.{key}"));
-            }
+        if adv.has("staticFiles") {
+            return unsupported("action.advanced.staticFiles");
         }
+        h.test_response = opt(adv, "testResponse", parse_test_response)?;
         h.request_timeout = opt(adv, "timeout", ms)?.filter(|d| !d.is_zero());
         if let Some(extra) = opt(adv, "headers", header_templates)? {
             h.request_headers.extend(extra);

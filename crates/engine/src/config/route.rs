@@ -151,6 +151,11 @@ pub(super) fn parse_route_inner(at: At, index: usize, name: Option<String>) -> C
             "security: authentication and rate limiting need HTTP, which a 'passthrough' route never sees".into(),
         ));
     }
+    if f.http.test_response.is_some() && f.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough) {
+        return Err(ConfigError::Invalid(
+            "action.advanced.testResponse: a fixed answer needs HTTP, which a 'passthrough' route never sees".into(),
+        ));
+    }
     Ok(Route {
         index,
         id: opt(at, "id", |x| x.str().map(str::to_owned))?,

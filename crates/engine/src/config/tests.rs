@@ -69,6 +69,37 @@ fn unbuilt_features_fail_loudly() {
         "security": {"rateLimit": {"enabled": true, "maxRequests": 1, "window": 1}}}]),
     );
     assert!(e.to_string().contains("need HTTP"), "{e}");
+    // advanced.testResponse: parsed as given; its errors name the field.
+    let tr = |t: serde_json::Value| {
+        parse_routes(&json!([{ "name": "t", "match": {"ports": 1, "domains": "a"},
+            "action": {"type": "forward", "target": {"host": "a", "port": 1}, "advanced": {"testResponse": t}}}]))
+    };
+    let routes =
+        tr(json!({"status": 418, "headers": {"Content-Type": "text/plain", "X-A": "b"}, "body": "teapot"})).unwrap();
+    let RouteAction::Forward(f) = &routes[0].action;
+    let t = f.http.test_response.as_ref().unwrap();
+    assert_eq!((t.status.as_u16(), t.headers.len(), &t.body[..]), (418, 2, &b"teapot"[..]));
+    assert_eq!(tr(json!({"status": 204})).unwrap().len(), 1);
+    for (bad, msg) in [
+        (json!({"body": "x"}), "action.advanced.testResponse: status is required"),
+        (json!({"status": 101}), "action.advanced.testResponse.status: a final status 200-599, got 101"),
+        (
+            json!({"status": 200, "headers": {"Content-Length": "3"}}),
+            "action.advanced.testResponse.headers.Content-Length: set by the proxy",
+        ),
+        (
+            json!({"status": 200, "headers": {"Transfer-Encoding": "chunked"}}),
+            "testResponse.headers.Transfer-Encoding: set by the proxy",
+        ),
+        (json!({"status": 200, "headers": {"X": 1}}), "action.advanced.testResponse.headers.X: expected a string"),
+        (json!({"status": 304, "body": "x"}), "a 304 response has no body"),
+    ] {
+        let e = tr(bad).unwrap_err().to_string();
+        assert!(e.contains(msg) && e.contains("route \"t\""), "{e}");
+    }
+    let e = err(json!([{ "match": {"ports": 1}, "action": {"type": "forward", "target": {"host": "a", "port": 1},
+        "tls": {"mode": "passthrough"}, "advanced": {"testResponse": {"status": 200}}}}]));
+    assert!(e.to_string().contains("needs HTTP"), "{e}");
     // Explicitly disabled features ask for nothing.
     parse_routes(
         &json!([{ "match": {"ports": 1}, "action": fwd(), "security": {"basicAuth": {"enabled": false, "users": []}}}]),
@@ -224,7 +255,8 @@ fn random_route_mutations_never_panic() {
           "path": "/api/:version/*", "clientIp": ["10.0.0.0/8", "::1", "192.168.1.*"], "headers": {"x-env": "/^prod$/i", "x-a": "b"}},
          "headers": {"request": {"X-Route": "{routeName}"}, "response": {"X-Served": "{domain}"}},
          "action": {"type": "forward", "targets": [{"host": ["a", "b"], "port": 81, "match": {"path": "/x/*"}}, {"host": "c", "port": "preserve"}],
-           "advanced": {"urlRewrite": {"pattern": "^/api/(.*)$", "target": "/$1"}, "timeout": 5000},
+           "advanced": {"urlRewrite": {"pattern": "^/api/(.*)$", "target": "/$1"}, "timeout": 5000,
+             "testResponse": {"status": 200, "headers": {"x-t": "1"}, "body": "ok"}},
            "loadBalancing": {"algorithm": "round-robin"}},
          "security": {"ipAllowList": ["10.1.2.*", "::1"], "ipBlockList": ["10.0.0.9"], "maxConnections": 10,
            "basicAuth": {"enabled": true, "users": [{"username": "u", "password": "p"}], "realm": "r"},
@@ -241,6 +273,7 @@ fn random_route_mutations_never_panic() {
     assert_eq!(web.http.request_headers.len(), 1);
     assert_eq!(web.http.response_headers.len(), 1);
     assert!(web.http.url_rewrite.is_some() && web.http.request_timeout.is_some());
+    assert!(web.http.test_response.as_ref().is_some_and(|t| t.headers.len() == 1));
     let RouteAction::Forward(tls) = &routes[1].action;
     assert!(tls.http.websocket.as_ref().is_some_and(|w| w.max_payload.is_some()));
     let head =

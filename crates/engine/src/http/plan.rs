@@ -13,7 +13,8 @@
 //! 3. **access**: `security.rateLimit` (429 with `Retry-After`), `basicAuth` (401 with a
 //!    `Basic` challenge), `jwtAuth` (401 with `Bearer`).
 //! 4. **route kind**: a socket-handler route takes whole connections, never a request (404).
-//! 5. **synthetic answers**: a CORS preflight is answered here (204).
+//! 5. **synthetic answers**: a CORS preflight is answered here (204); then a route's
+//!    `advanced.testResponse` answers every other request, as configured.
 //! 6. **WebSocket**: an upgrade on a route whose `websocket.enabled` is false, or from an origin
 //!    not in `allowedOrigins`, is refused (403).
 //! 7. **target**: the route's target for this request ([`SelectedTarget`]); a host or port
@@ -197,6 +198,10 @@ pub fn plan(snap: &Snapshot, cx: &HttpConn, req: &RequestFacts) -> Result<Outcom
             headers::cors_fields(&mut headers, c, origin, true);
             return Ok(Outcome::Answer(Answer { status: StatusCode::NO_CONTENT, headers, body: Bytes::new() }));
         }
+    }
+    // 5: the route's fixed answer.
+    if let Some(t) = http.and_then(|h| h.test_response.as_ref()) {
+        return Ok(Outcome::Answer(Answer { status: t.status, headers: t.headers.clone(), body: t.body.clone() }));
     }
     // 6 and 8: WebSocket checks and rewrites.
     let mut path_and_query = http.and_then(|h| h.url_rewrite.as_ref()).map(|rw| rewrite_url(rw, req.target));

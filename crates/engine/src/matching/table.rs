@@ -41,6 +41,7 @@ impl CompiledRoute {
             || h.url_rewrite.is_some()
             || h.websocket.is_some()
             || h.request_timeout.is_some()
+            || h.test_response.is_some()
             || route.security.needs_http();
         let needs_data = !route.domains.is_empty()
             || route.path.is_some()
@@ -74,6 +75,12 @@ impl CompiledRoute {
     /// The JavaScript socket handler of a `socket-handler` route.
     pub fn socket_handler(&self) -> Option<u32> {
         self.forward().socket_handler
+    }
+
+    /// Whether the route only makes sense per HTTP request (authentication, rate limits, a
+    /// fixed test response): a connection that is not HTTP is never relayed around it.
+    pub fn http_only(&self) -> bool {
+        self.route.security.needs_http() || self.forward().http.test_response.is_some()
     }
 
     pub fn forward(&self) -> &crate::config::ForwardAction {
