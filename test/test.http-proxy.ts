@@ -154,6 +154,21 @@ tap.test('advanced.testResponse: the proxy answers every request itself (HTTP/1.
     }
     const a = await h.h2Ask(session, { ':path': '/c', ':authority': 'fixed.test' });
     expect([a.head[':status'], a.body.toString(), a.head['x-fixed']]).toEqual([418, 'short and stout', 'yes']);
+    // HEAD gets the head only, on HTTP/1.1 with the body's length (the next response on the
+    // connection starts right after it) and on HTTP/2.
+    const k = await h.connect(plain);
+    let text = '';
+    k.on('data', (d) => (text += d));
+    k.write('HEAD /h HTTP/1.1\r\nHost: fixed.test\r\n\r\nGET /g HTTP/1.1\r\nHost: fixed.test\r\n\r\n');
+    await h.waitFor(() => text.endsWith('short and stout'), 5000, 'two answers');
+    await h.sleep(100);
+    k.destroy();
+    const answers = text.split('HTTP/1.1 418 ');
+    expect(answers.length).toEqual(3);
+    expect(answers[1]).toMatch(/\r\ncontent-length: 15\r\n(?:[^\r\n]+\r\n)*\r\n$/i);
+    expect(answers[2].endsWith('\r\n\r\nshort and stout')).toEqual(true);
+    const hd = await h.h2Ask(session, { ':method': 'HEAD', ':path': '/c', ':authority': 'fixed.test' });
+    expect([hd.head[':status'], hd.body.length]).toEqual([418, 0]);
     // A route without domains: HTTP gets the answer; bytes that are not HTTP are refused (never
     // relayed to the backend around the fixed answer).
     expect((await request({ port: raw, path: '/', headers: { host: 'x' } })).status).toEqual(503);

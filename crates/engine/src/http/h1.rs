@@ -143,7 +143,8 @@ impl<IO: ClientIo> Client<IO> {
 
     /// A response made here (an error, a refusal, a synthetic answer), with
     /// `connection: close` when `close`.
-    async fn reply(&mut self, a: Answer, close: bool) -> io::Result<()> {
+    /// Writes an answer; to a `HEAD` request (`head`) its head only, with the body's length.
+    async fn reply(&mut self, a: Answer, close: bool, head: bool) -> io::Result<()> {
         self.status = a.status.as_u16();
         let mut out = Vec::with_capacity(160 + a.body.len());
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -164,12 +165,14 @@ impl<IO: ClientIo> Client<IO> {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&a.body);
+        if !head {
+            out.extend_from_slice(&a.body);
+        }
         self.send(&out).await
     }
 
     async fn reply_error(&mut self, e: HttpError, close: bool) -> io::Result<()> {
-        self.reply(e.into(), close).await
+        self.reply(e.into(), close, false).await
     }
 
     /// A lingering close after an answer that ends the connection (nginx's `lingering_close`):
@@ -225,13 +228,15 @@ enum Parsed {
     Partial,
     /// Not for this path: hyper takes the connection.
     Hyper,
-    /// Answer here: `len` bytes of head, whether the connection closes after, and whether the
-    /// request was malformed (the connection then ends as a client error).
+    /// Answer here: `len` bytes of head, whether the connection closes after, whether the
+    /// request was malformed (the connection then ends as a client error), and whether it was a
+    /// `HEAD` request (no body in the answer).
     Reply {
         len: usize,
         answer: Box<Answer>,
         close: bool,
         malformed: bool,
+        head: bool,
         /// The access log's view of the request (while the log is on).
         info: Option<Box<crate::access_log::HttpInfo>>,
     },
@@ -340,13 +345,13 @@ async fn exchange<IO: ClientIo>(
                 }
             }
             Parsed::Hyper => return Step::Hyper,
-            Parsed::Reply { len, answer, close, malformed, info } => {
+            Parsed::Reply { len, answer, close, malformed, head, info } => {
                 serving.is_request();
                 if let Some(i) = info {
                     serving.describe(*i, c.buf.len() as u64);
                 }
                 c.buf.drain(..len.min(c.buf.len()));
-                let sent = c.reply(*answer, close).await.is_ok();
+                let sent = c.reply(*answer, close, head).await.is_ok();
                 if sent && close {
                     c.linger().await;
                 }
@@ -746,7 +751,14 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
         Scanned::Partial => return Parsed::Partial,
         Scanned::Hyper => return Parsed::Hyper,
         Scanned::Malformed(len, e) => {
-            return Parsed::Reply { len, answer: Box::new(e.into()), close: true, malformed: true, info: None };
+            return Parsed::Reply {
+                len,
+                answer: Box::new(e.into()),
+                close: true,
+                malformed: true,
+                head: false,
+                info: None,
+            };
         }
         Scanned::Head(h) => h,
     };
@@ -781,8 +793,14 @@ fn prepare(buf: &[u8], cx: &HttpConn) -> Parsed {
         return Parsed::Hyper;
     }
     let snap = cx.sh.snapshot.load();
-    let answer =
-        |a: Answer, info| Parsed::Reply { len, answer: Box::new(a), close: has_body || close, malformed: false, info };
+    let answer = |a: Answer, info| Parsed::Reply {
+        len,
+        answer: Box::new(a),
+        close: has_body || close,
+        malformed: false,
+        head: method == "HEAD",
+        info,
+    };
     let routed = match plan::plan(&snap, cx, &facts) {
         Ok(Outcome::Forward(r)) => r,
         Ok(Outcome::Answer(a)) => return answer(a, info),

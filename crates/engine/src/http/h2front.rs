@@ -136,6 +136,8 @@ async fn stream(
     }
     let mut serving = crate::conn::InFlight::new(&cx.rec, &cx.sh.registry);
     let info = serving.logging().then(|| super::access_info(&req));
+    // A response to HEAD has no content (RFC 9113 §8.1.1), whatever the answer's body.
+    let head_request = req.method() == http::Method::HEAD;
     let req = req.map(RequestBody);
     let mut served = super::Served::default();
     // In a block: the request's future (and its borrow of `route`) ends with it.
@@ -170,7 +172,7 @@ async fn stream(
     if !head.headers.contains_key(header::DATE) {
         head.headers.insert(header::DATE, date::now());
     }
-    let end = body.is_end_stream();
+    let end = head_request || body.is_end_stream();
     let Ok(mut send) = respond.send_response(Response::from_parts(head, ()), end) else { return };
     if !end {
         share.send_body(&mut send, body).await;
