@@ -209,6 +209,18 @@ tap.test('consecutive requests on one keep-alive connection reach different rout
 tap.test('no matching route gives 404, a dead backend 502', async () => {
   expect((await request({ path: '/', headers: { host: 'nobody.test' } })).status).toEqual(404);
   expect((await request({ path: '/', headers: { host: 'down.test' } })).status).toEqual(502);
+  // To HEAD, both carry the head alone, so the next answer on the connection is read right.
+  const k = await h.connect(port);
+  let text = '';
+  k.on('data', (d) => (text += d));
+  k.write('HEAD / HTTP/1.1\r\nHost: down.test\r\n\r\nHEAD / HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n');
+  await h.waitFor(() => (text.match(/HTTP\/1\.1 /g) ?? []).length === 3 && !text.endsWith('\r\n\r\n'), 5000, 'three answers');
+  await h.sleep(100);
+  k.destroy();
+  const answers = text.split(/(?=HTTP\/1\.1 )/);
+  expect(answers.map((a) => a.slice(9, 12))).toEqual(['502', '404', '404']);
+  for (const a of answers.slice(0, 2)) expect(a.endsWith('\r\n\r\n')).toEqual(true);
+  expect(answers[2].endsWith('\r\n\r\n')).toEqual(false);
 });
 
 tap.test('a malformed request gets 400 and the proxy keeps serving', async () => {

@@ -400,16 +400,16 @@ async fn exchange<IO: ClientIo>(
         match until_client_leaves(c, send).await {
             None => return Step::End(Termination::ClientClosed),
             Some(Ok(s)) => s,
-            Some(Err(status)) => return refuse(c, status, true).await,
+            Some(Err(status)) => return refuse(c, status, true, head_request).await,
         }
     } else {
         // A streamed body cannot be sent twice: no retry on a stale connection here.
         let mut be = match backend(&cx.sh, kept_here, &host, port).await {
             Ok((s, _)) => s,
-            Err(status) => return refuse(c, status, false).await,
+            Err(status) => return refuse(c, status, false, head_request).await,
         };
         if be.write_all(&out).await.is_err() {
-            return refuse(c, HttpError::BackendBroken, false).await;
+            return refuse(c, HttpError::BackendBroken, false, head_request).await;
         }
         match send_body(c, &mut be, &mut body, &mut bbuf.0).await {
             Ok(()) => {}
@@ -421,12 +421,12 @@ async fn exchange<IO: ClientIo>(
                 }
                 return Step::End(Termination::ClientError);
             }
-            Err(BodyError::Backend) => return refuse(c, HttpError::BackendBroken, false).await,
+            Err(BodyError::Backend) => return refuse(c, HttpError::BackendBroken, false, head_request).await,
         }
         if bbuf.is_empty() {
             match until_client_leaves(c, first_bytes(&mut be, &mut bbuf.0, wait)).await {
                 None => return Step::End(Termination::ClientClosed),
-                Some(Err(status)) => return refuse(c, status, body.done()).await,
+                Some(Err(status)) => return refuse(c, status, body.done(), head_request).await,
                 Some(Ok(())) => {}
             }
         }
@@ -437,7 +437,7 @@ async fn exchange<IO: ClientIo>(
     let resp = loop {
         let h = match read_head(&mut be, &mut bbuf.0, deadline, head_request).await {
             Ok(h) => h,
-            Err(status) => return refuse(c, status, body.done()).await,
+            Err(status) => return refuse(c, status, body.done(), head_request).await,
         };
         if !h.interim {
             break h;
@@ -516,10 +516,10 @@ async fn until_client_leaves<IO: ClientIo, T>(c: &mut Client<IO>, wait: impl Fut
     }
 }
 
-/// Answers the client with an error status; keeps the connection when the request was read
-/// whole (`keep`), else closes it.
-async fn refuse<IO: ClientIo>(c: &mut Client<IO>, e: HttpError, keep: bool) -> Step {
-    if c.reply_error(e, !keep).await.is_err() {
+/// Answers the client with an error status (to `HEAD`, the head alone); keeps the connection
+/// when the request was read whole (`keep`), else closes it.
+async fn refuse<IO: ClientIo>(c: &mut Client<IO>, e: HttpError, keep: bool, head: bool) -> Step {
+    if c.reply(e.into(), !keep, head).await.is_err() {
         return Step::End(Termination::ClientError);
     }
     if keep {
