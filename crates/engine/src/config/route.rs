@@ -115,6 +115,19 @@ pub fn parse_route(v: &Value, index: usize) -> CResult<Route> {
     })
 }
 
+/// The first of a route's features that exist only per HTTP request (authentication, rate
+/// limits, a fixed test response), as the start of an error message; `None` when it has none.
+/// A connection to such a route that is not HTTP is never relayed around them.
+pub fn http_only_feature(security: &RouteSecurity, http: &HttpOptions) -> Option<&'static str> {
+    if security.needs_http() {
+        return Some("security: authentication and rate limiting need HTTP");
+    }
+    if http.test_response.is_some() {
+        return Some("action.advanced.testResponse: a fixed answer needs HTTP");
+    }
+    None
+}
+
 pub(super) fn parse_route_inner(at: At, index: usize, name: Option<String>) -> CResult<Route> {
     at.obj().map_err(|_| ConfigError::Invalid("expected a route object".into()))?;
     let m = at.get("match").map_or_else(|| Err(ConfigError::Invalid("match is required".into())), Ok)?;
@@ -146,15 +159,10 @@ pub(super) fn parse_route_inner(at: At, index: usize, name: Option<String>) -> C
     };
     let action = parse_action(a, at.get("headers"))?;
     let RouteAction::Forward(f) = &action;
-    if security.needs_http() && f.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough) {
-        return Err(ConfigError::Invalid(
-            "security: authentication and rate limiting need HTTP, which a 'passthrough' route never sees".into(),
-        ));
-    }
-    if f.http.test_response.is_some() && f.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough) {
-        return Err(ConfigError::Invalid(
-            "action.advanced.testResponse: a fixed answer needs HTTP, which a 'passthrough' route never sees".into(),
-        ));
+    if f.tls.as_ref().is_some_and(|t| t.mode == TlsMode::Passthrough) {
+        if let Some(what) = http_only_feature(&security, &f.http) {
+            return Err(ConfigError::Invalid(format!("{what}, which a 'passthrough' route never sees")));
+        }
     }
     Ok(Route {
         index,

@@ -8,7 +8,7 @@ use super::index::PortRoutes;
 #[cfg(test)]
 use super::normalize_host;
 use super::{ports_contain, HeaderMatcher};
-use crate::config::{Route, RouteAction, Target, TargetPort, TlsMode};
+use crate::config::{http_only_feature, Route, RouteAction, Target, TargetPort, TlsMode};
 use crate::detect::TlsVersion;
 use crate::error::ConfigError;
 use crate::state::{RouteState, RouteStates};
@@ -41,8 +41,7 @@ impl CompiledRoute {
             || h.url_rewrite.is_some()
             || h.websocket.is_some()
             || h.request_timeout.is_some()
-            || h.test_response.is_some()
-            || route.security.needs_http();
+            || http_only_feature(&route.security, h).is_some();
         let needs_data = !route.domains.is_empty()
             || route.path.is_some()
             || !route.headers.is_empty()
@@ -77,10 +76,10 @@ impl CompiledRoute {
         self.forward().socket_handler
     }
 
-    /// Whether the route only makes sense per HTTP request (authentication, rate limits, a
-    /// fixed test response): a connection that is not HTTP is never relayed around it.
+    /// Whether the route only makes sense per HTTP request ([`http_only_feature`]): a connection
+    /// that is not HTTP is never relayed around it.
     pub fn http_only(&self) -> bool {
-        self.route.security.needs_http() || self.forward().http.test_response.is_some()
+        http_only_feature(&self.route.security, &self.forward().http).is_some()
     }
 
     pub fn forward(&self) -> &crate::config::ForwardAction {
