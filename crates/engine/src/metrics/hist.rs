@@ -3,7 +3,7 @@
 //! by interpolating inside the bucket that holds the rank. Each thread records into its own row
 //! ([`super::shard`]); reads add the rows up.
 
-use super::shard::{self, SHARDS};
+use super::shard::{self, Padded, SHARDS};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Buckets per power of two.
@@ -13,21 +13,20 @@ const LINEAR: u64 = 8;
 /// 0..8 exact, then 4 buckets per power of two from 8 up to 2^63.
 pub const BUCKETS: usize = LINEAR as usize + (64 - 3) * SUB;
 
-/// One thread's counts and sum, on cache lines of their own.
-#[repr(align(128))]
+/// One thread's counts and sum (kept on cache lines of their own: [`Padded`]).
 struct Row {
     counts: [AtomicU64; BUCKETS],
     sum: AtomicU64,
 }
 
 pub struct Histogram {
-    rows: Box<[Row; SHARDS]>,
+    rows: Box<[Padded<Row>; SHARDS]>,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         let row = || Row { counts: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0) };
-        Histogram { rows: Box::new(std::array::from_fn(|_| row())) }
+        Histogram { rows: Box::new(std::array::from_fn(|_| Padded(row()))) }
     }
 }
 
@@ -62,7 +61,7 @@ pub fn bounds(i: usize) -> (u64, u64) {
 
 impl Histogram {
     pub fn record(&self, v: u64) {
-        let row = &self.rows[shard::index()];
+        let row = &self.rows[shard::index()].0;
         row.counts[bucket(v)].fetch_add(1, Ordering::Relaxed);
         row.sum.fetch_add(v, Ordering::Relaxed);
     }
@@ -72,14 +71,14 @@ impl Histogram {
     }
 
     pub fn sum(&self) -> u64 {
-        self.rows.iter().map(|r| r.sum.load(Ordering::Relaxed)).sum()
+        self.rows.iter().map(|r| r.0.sum.load(Ordering::Relaxed)).sum()
     }
 
     /// The counts per bucket (a consistent enough copy for reading).
     pub fn snapshot(&self) -> Vec<u64> {
         let mut out = vec![0u64; BUCKETS];
         for row in self.rows.iter() {
-            for (o, c) in out.iter_mut().zip(&row.counts) {
+            for (o, c) in out.iter_mut().zip(&row.0.counts) {
                 *o += c.load(Ordering::Relaxed);
             }
         }
