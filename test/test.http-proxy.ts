@@ -46,6 +46,22 @@ function request(opts: http.RequestOptions & { body?: Buffer | string }): Promis
   });
 }
 
+/** Writes `raw` (requests, pipelined) on one connection and returns what came back, once
+ * `done` says it is all there and 100 ms more brought nothing else. */
+async function pipelined(port: number, raw: string, done: (text: string) => boolean): Promise<string> {
+  const k = await h.connect(port);
+  let text = '';
+  k.on('data', (d) => (text += d));
+  k.write(raw);
+  try {
+    await h.waitFor(() => done(text), 5000, 'the answers');
+    await h.sleep(100);
+    return text;
+  } finally {
+    k.destroy();
+  }
+}
+
 tap.test('setup', async () => {
   apiPort = await httpServer(info('api'));
   webPort = await httpServer(info('web'));
@@ -156,13 +172,7 @@ tap.test('advanced.testResponse: the proxy answers every request itself (HTTP/1.
     expect([a.head[':status'], a.body.toString(), a.head['x-fixed']]).toEqual([418, 'short and stout', 'yes']);
     // HEAD gets the head only, on HTTP/1.1 with the body's length (the next response on the
     // connection starts right after it) and on HTTP/2.
-    const k = await h.connect(plain);
-    let text = '';
-    k.on('data', (d) => (text += d));
-    k.write('HEAD /h HTTP/1.1\r\nHost: fixed.test\r\n\r\nGET /g HTTP/1.1\r\nHost: fixed.test\r\n\r\n');
-    await h.waitFor(() => text.endsWith('short and stout'), 5000, 'two answers');
-    await h.sleep(100);
-    k.destroy();
+    const text = await pipelined(plain, 'HEAD /h HTTP/1.1\r\nHost: fixed.test\r\n\r\nGET /g HTTP/1.1\r\nHost: fixed.test\r\n\r\n', (t) => t.endsWith('short and stout'));
     const answers = text.split('HTTP/1.1 418 ');
     expect(answers.length).toEqual(3);
     expect(answers[1]).toMatch(/\r\ncontent-length: 15\r\n(?:[^\r\n]+\r\n)*\r\n$/i);
@@ -210,13 +220,11 @@ tap.test('no matching route gives 404, a dead backend 502', async () => {
   expect((await request({ path: '/', headers: { host: 'nobody.test' } })).status).toEqual(404);
   expect((await request({ path: '/', headers: { host: 'down.test' } })).status).toEqual(502);
   // To HEAD, both carry the head alone, so the next answer on the connection is read right.
-  const k = await h.connect(port);
-  let text = '';
-  k.on('data', (d) => (text += d));
-  k.write('HEAD / HTTP/1.1\r\nHost: down.test\r\n\r\nHEAD / HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n');
-  await h.waitFor(() => (text.match(/HTTP\/1\.1 /g) ?? []).length === 3 && !text.endsWith('\r\n\r\n'), 5000, 'three answers');
-  await h.sleep(100);
-  k.destroy();
+  const text = await pipelined(
+    port,
+    'HEAD / HTTP/1.1\r\nHost: down.test\r\n\r\nHEAD / HTTP/1.1\r\nHost: nobody.test\r\n\r\nGET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n',
+    (t) => (t.match(/HTTP\/1\.1 /g) ?? []).length === 3 && !t.endsWith('\r\n\r\n'),
+  );
   const answers = text.split(/(?=HTTP\/1\.1 )/);
   expect(answers.map((a) => a.slice(9, 12))).toEqual(['502', '404', '404']);
   for (const a of answers.slice(0, 2)) expect(a.endsWith('\r\n\r\n')).toEqual(true);
